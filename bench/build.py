@@ -1,0 +1,21 @@
+"""Variant -> Detector."""
+from __future__ import annotations
+
+from bench.backbones import Teacher
+from bench.detector import Branch, Detector
+from bench.variants import Variant
+
+
+def build_detector(variant: Variant, weights: dict[str, str] | None = None) -> Detector:
+    branches = [Branch(Teacher(variant.teacher, variant.layers, variant.teacher_init, weights),
+                       variant.student, variant.pooling)]
+    if variant.teacher2:
+        # The second teacher's deep, coarse layers are matched at their own resolution (§4.2: "without pooling").
+        branches.append(Branch(Teacher(variant.teacher2, variant.layers2, variant.teacher2_init, weights),
+                               variant.student2, pooling=False))
+    return Detector(branches, alpha=variant.alpha, fusion=variant.fusion, score=variant.score,
+                    blur_sigma=variant.blur_sigma)
+
+
+def teacher_sources(detector: Detector) -> list[dict]:
+    return [{"backbone": b.teacher.backbone, **b.teacher.source.as_record()} for b in detector.branches]

@@ -1,0 +1,73 @@
+"""What a record must say about where it came from: software, hardware, git revision."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@lru_cache
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@lru_cache
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str | torch.device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def software() -> dict:
+    import numpy
+    import sklearn
+    import timm
+    out = {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+           "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
+    try:
+        import torchvision
+        out["torchvision"] = torchvision.__version__
+    except Exception:  # noqa: BLE001 - recorded, never fatal
+        out["torchvision"] = "unavailable"
+    return out
+
+
+def hardware(device: str | torch.device) -> dict:
+    device = torch.device(device)
+    info = {"device": device.type, "device_name": device_name(device), "cpu": cpu_model(),
+            "cpu_threads": torch.get_num_threads(), "platform": platform.platform()}
+    if device.type == "cuda":
+        info.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                    driver=_nvidia_driver())
+    return info
+
+
+def _nvidia_driver() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return "unknown"
