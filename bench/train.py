@@ -39,6 +39,8 @@ RECIPES = {
     # Fits a 2-core CPU: the paper's optimiser, 4 epochs, batches of 8 (more steps per epoch), and
     # at most 200 training images (a seeded subset; validation stays the full 20 % hold-out).
     "quick": Recipe("quick", "sgd", 0.4, {"default": 4}, batch_size=8, max_train_images=200),
+    # The demo's: the paper's optimiser on the small generated set, 12 epochs.
+    "demo": Recipe("demo", "sgd", 0.4, {"default": 12}, batch_size=8),
 }
 
 

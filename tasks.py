@@ -1,0 +1,106 @@
+"""invoke tasks: thin wrappers over bench functions.
+
+    invoke demo                        train + evaluate reduced, STPM and mixed on generated data
+    invoke variants [--pattern 'mixed*']
+    invoke ablate --grid layers [--data PATH] [--categories a,b] [--seeds 0,1,2] [--dry-run]
+    invoke timing [--device cuda]
+    invoke tables
+    invoke test [--fast]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from invoke import task
+
+PY = sys.executable
+
+
+def _csv(text: str | None, cast=str):
+    return [cast(t) for t in text.split(",") if t] if text else None
+
+
+def _weights(spec: str | None) -> dict:
+    """--weights 'backbone=path,backbone2=path2'."""
+    out = {}
+    for item in _csv(spec) or []:
+        name, _, path = item.partition("=")
+        if not path:
+            raise SystemExit(f"--weights expects BACKBONE=PATH, got {item!r}")
+        out[name] = path
+    return out
+
+
+@task(help={"results": "results folder", "epochs": "epochs per run (default: the demo's 12)",
+            "weights": "BACKBONE=PATH[,...] local teacher weight files"})
+def demo(c, results="results", epochs=None, weights=None):
+    """Generated texture-defect data -> reduced, STPM and mixed -> a table and run records."""
+    from bench.demo import run_demo
+    run_demo(results=results, epochs=int(epochs) if epochs else None, weights=_weights(weights))
+
+
+@task(help={"pattern": "glob over registered names"})
+def variants(c, pattern="*"):
+    """List the registry of variants with their keys."""
+    from bench.variants import PRESETS, list_variants
+    for name in list_variants(pattern):
+        v = PRESETS[name]
+        print(f"{name:16s} {v.key}  {v.describe()}")
+
+
+@task(help={"grid": "grid file name in ablations/ (or a path)", "data": "dataset folder(s), comma-separated",
+            "categories": "comma-separated categories", "seeds": "comma-separated seeds",
+            "epochs": "epochs per run", "recipe": "training recipe (paper, official, quick)",
+            "device": "cpu, cuda, cuda:1 ...", "executor": "local or slurm", "dry_run": "list the jobs only",
+            "force": "recompute jobs that have records", "list": "list the grids",
+            "results": "results folder", "weights": "BACKBONE=PATH[,...] local teacher weight files",
+            "slurm_partition": "SLURM partition", "max_parallel": "SLURM array concurrency cap"})
+def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, recipe=None, device=None,
+           executor="local", dry_run=False, force=False, list=False, results="results", weights=None,
+           slurm_partition=None, max_parallel=8):
+    """Expand a grid into jobs and run the ones without a record."""
+    from bench import grid as grid_mod
+    if list or not grid:
+        for name, desc in grid_mod.list_grids():
+            print(f"{name:10s} {desc}")
+        return
+    spec = grid_mod.load_grid(grid)
+    jobs = grid_mod.expand(spec, data=_csv(data), categories=_csv(categories), seeds=_csv(seeds, int),
+                           epochs=int(epochs) if epochs else None, recipe=recipe)
+    if dry_run:
+        grid_mod.print_plan(jobs, results)
+        return
+    grid_mod.run_grid(jobs, results=results, device=device or "cpu", executor=executor, force=force,
+                      weights=_weights(weights), slurm_partition=slurm_partition, max_parallel=int(max_parallel))
+
+
+@task(help={"device": "cpu or cuda", "variants": "comma-separated registered variants",
+            "batch_sizes": "comma-separated batch sizes", "precisions": "fp32,fp16,bf16 (CUDA)",
+            "scopes": "network,map,end_to_end", "compile": "also time torch.compile",
+            "channels_last": "also time channels_last", "cuda_graphs": "also time CUDA graphs",
+            "peers": "also time anomalib's STFPM when installed", "iters": "timed iterations",
+            "warmup": "warm-up iterations", "results": "results folder"})
+def timing(c, device="cpu", variants=None, batch_sizes=None, precisions=None, scopes=None, compile=False,
+           channels_last=False, cuda_graphs=False, peers=True, iters=None, warmup=None, results="results"):
+    """Latency and throughput of each variant; one record per measurement in results/timing/."""
+    from bench.timing import run_timing
+    run_timing(device=device, variants=_csv(variants), batch_sizes=_csv(batch_sizes, int),
+               precisions=_csv(precisions), scopes=_csv(scopes), compile=compile,
+               channels_last=channels_last, cuda_graphs=cuda_graphs, peers=peers,
+               iters=int(iters) if iters else None, warmup=int(warmup) if warmup else None,
+               results=results)
+
+
+@task(help={"results": "results folder", "datasets": "comma-separated datasets to show (default: all)"})
+def tables(c, results="results", datasets=""):
+    """Execute the notebooks (Tables 1-6, figures, overview) into results/rendered/ as .ipynb and .html."""
+    from bench.notebooks import render_all
+    render_all(results=results, datasets=datasets)
+
+
+@task(help={"fast": "skip the slow end-to-end tests"})
+def test(c, fast=False):
+    """The test suite (the README's test command; CI runs it with ../shared mandatory)."""
+    marker = ["-m", "not slow"] if fast else []
+    c.run(" ".join([PY, "-m", "pytest", "-q", *marker]), pty=False, env={**os.environ})
