@@ -55,10 +55,11 @@ def variants(c, pattern="*"):
             "device": "cpu, cuda, cuda:1 ...", "executor": "local or slurm", "dry_run": "list the jobs only",
             "force": "recompute jobs that have records", "list": "list the grids",
             "results": "results folder", "weights": "BACKBONE=PATH[,...] local teacher weight files",
-            "slurm_partition": "SLURM partition", "max_parallel": "SLURM array concurrency cap"})
+            "slurm_partition": "SLURM partition", "max_parallel": "SLURM array concurrency cap",
+            "set": "FIELD=VALUE[,...] applied to every variant, e.g. teacher=tf_efficientnet_lite0"})
 def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, recipe=None, device=None,
            executor="local", dry_run=False, force=False, list=False, results="results", weights=None,
-           slurm_partition=None, max_parallel=8):
+           slurm_partition=None, max_parallel=8, set=None):
     """Expand a grid into jobs and run the ones without a record."""
     from bench import grid as grid_mod
     if list or not grid:
@@ -67,7 +68,8 @@ def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, re
         return
     spec = grid_mod.load_grid(grid)
     jobs = grid_mod.expand(spec, data=_csv(data), categories=_csv(categories), seeds=_csv(seeds, int),
-                           epochs=int(epochs) if epochs else None, recipe=recipe)
+                           epochs=int(epochs) if epochs else None, recipe=recipe,
+                           overrides=grid_mod.parse_overrides(_csv(set)))
     if dry_run:
         grid_mod.print_plan(jobs, results)
         return

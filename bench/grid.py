@@ -1,0 +1,263 @@
+"""Grid files -> jobs -> run records. Resumable: a job whose record exists is skipped.
+
+A grid file (`ablations/<name>.toml`):
+
+    description = "..."
+    variants = ["reduced"]                 # registered presets to start from
+    recipe = "quick"
+    seeds = [0, 1, 2]
+    [axes]                                 # Variant fields (or "recipe"), crossed with each other
+    layers = [[1, 2], [2, 3]]
+    [datasets]                             # named dataset entries; --data picks one, or a path
+    default = "mvtec_textures"
+    mvtec_textures = { paths = ["data/mvtec_anomaly_detection"], categories = ["carpet", "grid"] }
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from tabulate import tabulate
+from tqdm.auto import tqdm
+
+from bench.data import detect_layout
+from bench.run import Job, run_job, write_failure
+from bench.store import read_records
+from bench.variants import Variant, create_variant
+
+ABLATIONS = Path(__file__).resolve().parent.parent / "ablations"
+
+
+class GridError(ValueError):
+    pass
+
+
+def list_grids() -> list[tuple[str, str]]:
+    return [(p.stem, tomllib.loads(p.read_text()).get("description", ""))
+            for p in sorted(ABLATIONS.glob("*.toml"))]
+
+
+def load_grid(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = ABLATIONS / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise GridError(f"no grid {name_or_path!r}: known grids are {[n for n, _ in list_grids()]}")
+    try:
+        spec = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise GridError(f"{path}: {err}") from err
+    spec["name"] = path.stem
+    spec["path"] = str(path)
+    return spec
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """['teacher=tf_efficientnet_lite0', 'alpha=0.5'] -> fields, values parsed as TOML."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise GridError(f"--set expects FIELD=VALUE, got {item!r}")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _datasets(spec: dict, data: list[str] | None, categories: list[str] | None) -> list[tuple[str, list[str]]]:
+    entries = spec.get("datasets", {})
+    chosen = data or [entries.get("default", "")]
+    out = []
+    for item in chosen:
+        entry = entries.get(item)
+        if isinstance(entry, dict):
+            cats = categories or entry.get("categories")
+            out += [(p, cats) for p in entry.get("paths", [])]
+        elif item:
+            out.append((item, categories))
+        else:
+            raise GridError(f"grid {spec['name']!r} names no default dataset: pass --data PATH or one of "
+                            f"{[k for k in entries if k != 'default']}")
+    resolved = []
+    for path, cats in out:
+        layout, found = detect_layout(Path(path))
+        resolved.append((path, cats or found))
+    return resolved
+
+
+def expand(spec: dict, data: list[str] | None = None, categories: list[str] | None = None,
+           seeds: list[int] | None = None, epochs: int | None = None, recipe: str | None = None,
+           overrides: dict | None = None) -> list[Job]:
+    """Every (variant x dataset x category x seed) job of the grid, in a stable order."""
+    axes = dict(spec.get("axes", {}))
+    recipes = [recipe] if recipe else axes.pop("recipe", [spec.get("recipe", "quick")])
+    axes.pop("recipe", None)
+    fields = {f.name for f in dataclasses.fields(Variant)}
+    unknown = [k for k in [*axes, *(overrides or {})] if k not in fields]
+    if unknown:
+        raise GridError(f"grid {spec['name']!r}: unknown variant fields {unknown}; fields are {sorted(fields)}")
+    variants: dict[str, Variant] = {}
+    for base in spec.get("variants", ["reduced"]):
+        for combo in itertools.product(*axes.values()) if axes else [()]:
+            changes = {**dict(zip(axes, combo)), **(overrides or {})}
+            try:
+                v = create_variant(base, **changes)
+            except ValueError as err:
+                raise GridError(f"grid {spec['name']!r}: {base} with {changes}: {err}") from err
+            label = base + "".join(f" {k}={_short(val)}" for k, val in zip(axes, combo))
+            variants.setdefault(v.key, (label, v))
+    jobs = []
+    for path, cats in _datasets(spec, data, categories):
+        for cat in cats:
+            for seed in seeds or spec.get("seeds", [0]):
+                for rec in recipes:
+                    for label, v in variants.values():
+                        jobs.append(Job(label, v, str(path), cat, int(seed), rec, epochs))
+    return jobs
+
+
+def _short(value) -> str:
+    return "+".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def is_done(job: Job, results: str | Path) -> bool:
+    path = job.record_path(results)
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("status") == "ok"
+    except ValueError:
+        return False
+
+
+def print_plan(jobs: list[Job], results: str | Path = "results") -> None:
+    rows = [[i + 1, j.variant_name, j.variant.key, j.dataset_name, j.category, j.seed, j.recipe, j.n_epochs,
+             "done" if is_done(j, results) else "to run"] for i, j in enumerate(jobs)]
+    print(tabulate(rows, headers=["#", "variant", "key", "dataset", "category", "seed", "recipe", "epochs", "state"]))
+    todo = sum(r[-1] == "to run" for r in rows)
+    print(f"{len(jobs)} jobs, {len(jobs) - todo} already recorded, {todo} to run")
+
+
+def _clean_partial_files(results: str | Path) -> None:
+    """Temporary files of a killed writer; the finished records beside them are untouched."""
+    for folder in ("runs", "checkpoints"):
+        for tmp in (Path(results) / folder).rglob("*.tmp*"):
+            tmp.unlink(missing_ok=True)
+
+
+def run_one(job: Job, results: str, device: str, weights: dict | None, progress: bool = False) -> str:
+    """Run a job, recording a failure instead of raising (one bad job never stops a grid)."""
+    try:
+        run_job(job, results, device=device, weights=weights, progress=progress)
+        return "ok"
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure becomes a failed record
+        write_failure(job, err, results, device)
+        return f"failed: {type(err).__name__}: {err}"
+
+
+def _cuda_devices(device: str) -> list[str]:
+    if device != "cuda":
+        return [device]
+    import torch
+    n = torch.cuda.device_count()
+    return [f"cuda:{i}" for i in range(n)] or ["cuda"]
+
+
+def run_grid(jobs: list[Job], results: str | Path = "results", device: str = "cpu", executor: str = "local",
+             force: bool = False, weights: dict | None = None, slurm_partition: str | None = None,
+             max_parallel: int = 8, slurm_folder: str | Path | None = None, submitit_cluster: str | None = None,
+             timeout_min: int = 240) -> dict:
+    results = str(results)
+    _clean_partial_files(results)
+    todo = [j for j in jobs if force or not is_done(j, results)]
+    print(f"{len(jobs)} jobs, {len(jobs) - len(todo)} already recorded, {len(todo)} to run", flush=True)
+    outcomes: dict[str, str] = {}
+    if executor == "slurm":
+        outcomes = _run_submitit(todo, results, device, weights, slurm_partition, max_parallel,
+                                 slurm_folder or Path(results) / "slurm", submitit_cluster, timeout_min)
+    elif executor == "local":
+        devices = _cuda_devices(device)
+        if len(devices) > 1:
+            outcomes = _run_multi_gpu(todo, results, devices, weights)
+        else:
+            bar = tqdm(todo, desc="grid", unit="job", file=sys.stdout, dynamic_ncols=True)
+            for job in bar:
+                bar.set_postfix_str(job.describe())
+                outcomes[job.describe()] = run_one(job, results, devices[0], weights, progress=True)
+            bar.close()
+    else:
+        raise GridError(f"unknown executor {executor!r}: use local or slurm")
+    failures = {k: v for k, v in outcomes.items() if v != "ok"}
+    print_summary(jobs, results)
+    if failures:
+        print(f"\n{len(failures)} failed job(s) (recorded with their error; rerun retries them):")
+        for k, v in failures.items():
+            print(f"  {k}: {v}")
+    return outcomes
+
+
+def _run_multi_gpu(jobs, results, devices, weights) -> dict:
+    """One worker process per visible GPU, each taking the next job."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    ctx = mp.get_context("spawn")
+    outcomes = {}
+    with ProcessPoolExecutor(len(devices), mp_context=ctx) as pool:
+        futures = {pool.submit(run_one, j, results, devices[i % len(devices)], weights): j
+                   for i, j in enumerate(jobs)}
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="grid", unit="job", file=sys.stdout):
+            outcomes[futures[fut].describe()] = fut.result()
+    return outcomes
+
+
+def _run_submitit(jobs, results, device, weights, partition, max_parallel, folder, cluster, timeout_min) -> dict:
+    try:
+        import submitit
+    except ImportError as err:
+        raise GridError("the slurm executor needs submitit: pip install 'bench[cluster]'") from err
+    if not jobs:
+        return {}
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    params = dict(timeout_min=timeout_min, slurm_array_parallelism=max_parallel)
+    if cluster in (None, "slurm"):
+        params.update(gpus_per_node=1 if device.startswith("cuda") else 0, cpus_per_task=8)
+        if partition:
+            params["slurm_partition"] = partition
+    ex.update_parameters(**params)
+    n = len(jobs)
+    submitted = ex.map_array(run_one, jobs, [str(Path(results).resolve())] * n, [device] * n, [weights] * n)
+    print(f"submitted {n} jobs as array {submitted[0].job_id.split('_')[0]}; logs in {folder}", flush=True)
+    outcomes = {}
+    start = time.time()
+    for i, (job, handle) in enumerate(zip(jobs, submitted), 1):
+        try:
+            outcomes[job.describe()] = handle.result()
+        except Exception as err:  # noqa: BLE001 - a job killed by the scheduler
+            outcomes[job.describe()] = f"failed: {type(err).__name__}: {err}"
+        eta = (time.time() - start) / i * (n - i)
+        print(f"[{i}/{n}] {job.describe()}: {outcomes[job.describe()]} (ETA {eta:.0f} s)", flush=True)
+    return outcomes
+
+
+def print_summary(jobs: list[Job], results: str | Path) -> None:
+    from bench.report import seed_summary
+    keys = {(j.variant.key, j.dataset_name, j.category, j.recipe, j.n_epochs) for j in jobs}
+    recs = [r for r in read_records(Path(results) / "runs")
+            if (r.get("variant_key"), r.get("dataset"), r.get("category"), r.get("recipe"), r.get("epochs")) in keys]
+    table = seed_summary(recs)
+    if len(table):
+        print()
+        print(tabulate(table, headers="keys", tablefmt="github", showindex=False))
