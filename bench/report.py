@@ -1,13 +1,27 @@
-"""The DataFrames and figures behind the tables and notebooks. Notebooks only call these."""
+"""The DataFrames and figures behind the tables and notebooks. Notebooks only call these.
+
+Our cells are mean ± 95 % CI over seeds, in percent; a cell with no record says "not run".
+The paper's figures come from `bench.paper` and are always labelled as the paper's.
+"""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bench import paper
+from bench.store import read_records
+from bench.variants import PRESETS
+
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
+NOT_RUN = "not run"
+# Fields a table may vary without the run stopping to be "the method": which teachers were available.
+TEACHER_FIELDS = ("teacher", "teacher2", "teacher_init", "teacher2_init")
 
 
+# ------------------------------------------------------------------ numbers
 def ci95(values) -> float:
     """Half-width of the 95 % confidence interval of the mean (Student t); NaN for one value."""
     v = np.asarray(values, dtype=float)
@@ -19,25 +33,363 @@ def ci95(values) -> float:
 def fmt_mean_ci(values, scale: float = 100.0) -> str:
     v = np.asarray(values, dtype=float) * scale
     if len(v) == 0:
-        return "not run"
+        return NOT_RUN
     half = ci95(v)
     return f"{v.mean():.1f}" if np.isnan(half) else f"{v.mean():.1f} ± {half:.1f}"
+
+
+# ------------------------------------------------------------------ records
+def load_runs(results: str | Path = "results") -> list[dict]:
+    return read_records(Path(results) / "runs")
+
+
+def load_timing(results: str | Path = "results") -> list[dict]:
+    return read_records(Path(results) / "timing")
 
 
 def ok_records(records: list[dict]) -> list[dict]:
     return [r for r in records if r.get("status") == "ok"]
 
 
-def seed_summary(records: list[dict], metrics=METRICS) -> pd.DataFrame:
-    """One row per (variant, dataset, category, recipe, epochs): seeds and mean ± 95 % CI (in %)."""
+def teachers_label(variant: dict) -> str:
+    def one(name, init):
+        return name + (" (random)" if init == "random" else "")
+    label = one(variant["teacher"], variant["teacher_init"])
+    if variant.get("teacher2"):
+        label += " + " + one(variant["teacher2"], variant["teacher2_init"])
+    return label
+
+
+def runs_frame(records: list[dict], datasets: list[str] | None = None) -> pd.DataFrame:
+    """One row per finished run, the fields the tables group by, metrics as columns."""
     rows = []
     for r in ok_records(records):
-        rows.append({"variant": r["variant_name"], "key": r["variant_key"], "dataset": r["dataset"],
-                     "category": r["category"], "recipe": f"{r['recipe']}/{r['epochs']}ep", "seed": r["seed"],
-                     **{m: r["metrics"][m] for m in metrics}})
-    if not rows:
+        if datasets and r["dataset"] not in datasets:
+            continue
+        v = r["variant"]
+        rows.append({"method": r["method"], "variant_name": r["variant_name"], "variant_key": r["variant_key"],
+                     "dataset": r["dataset"], "category": r["category"], "seed": r["seed"],
+                     "recipe": f"{r['recipe']}/{r['epochs']}ep", "teachers": teachers_label(v),
+                     **{f"v.{k}": (tuple(val) if isinstance(val, list) else val) for k, val in v.items()},
+                     **{m: r["metrics"][m] for m in (*METRICS, "f1_max")}})
+    return pd.DataFrame(rows)
+
+
+def seed_summary(records: list[dict], metrics=METRICS) -> pd.DataFrame:
+    """One row per (variant, dataset, category, recipe): seeds and mean ± 95 % CI (in %)."""
+    df = runs_frame(records)
+    if df.empty:
+        return df
+    keys = ["variant_key", "dataset", "category", "recipe"]
+    out = df.groupby(keys, sort=False).agg(variant=("variant_name", "first"), seeds=("seed", "nunique"),
+                                           **{m: (m, fmt_mean_ci) for m in metrics}).reset_index()
+    return out[["variant", "dataset", "category", "recipe", "seeds", *metrics]]
+
+
+def select(df: pd.DataFrame, base: str, free: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Runs of preset BASE: every variant field as the preset's, except teachers and FREE fields."""
+    if df.empty:
+        return df
+    preset = PRESETS[base].fields()
+    mask = pd.Series(True, index=df.index)
+    for k, val in preset.items():
+        if k in TEACHER_FIELDS or k in free:
+            continue
+        val = tuple(val) if isinstance(val, list) else val
+        mask &= df[f"v.{k}"].apply(lambda x, val=val: x == val)
+    return df[mask]
+
+
+def _pivot(df: pd.DataFrame, rows: list[str], cols: list[str], metric: str) -> pd.DataFrame:
+    if df.empty:
         return pd.DataFrame()
-    df = pd.DataFrame(rows)
-    out = df.groupby(["variant", "key", "dataset", "category", "recipe"], sort=False).agg(
-        seeds=("seed", "nunique"), **{m: (m, fmt_mean_ci) for m in metrics}).reset_index()
-    return out.drop(columns="key")
+    table = df.groupby(rows + cols)[metric].apply(fmt_mean_ci).unstack(cols)
+    return table.fillna(NOT_RUN)
+
+
+def _paper_column(index: pd.Index, datasets: pd.Index, table: pd.DataFrame, column: str, family: str) -> list[str]:
+    """The paper's value where our row is the paper's dataset and category, else say why there is none."""
+    out = []
+    for ds, cat in zip(datasets, index):
+        comparable = family in str(ds).lower().replace("btech", "btad") and cat in table.index
+        out.append(f"{table.loc[cat, column]:.1f}" if comparable else f"n/a (paper: {family.upper()} only)")
+    return out
+
+
+# ------------------------------------------------------------------ tables
+def table1_layers(records, datasets=None) -> pd.DataFrame:
+    """Mean image AUROC per dataset for feature-level pairs (reduced student, our teachers)."""
+    df = select(runs_frame(records, datasets), "reduced", free=("layers",))
+    if df.empty:
+        return pd.DataFrame({"status": [NOT_RUN]})
+    df = df.assign(levels=df["v.layers"].map(lambda t: "levels " + "+".join(map(str, t))))
+    # dataset mean over its categories per seed, then mean ± CI over seeds
+    per_seed = df.groupby(["dataset", "teachers", "recipe", "levels", "seed"])["image_auroc"].mean().reset_index()
+    return _pivot(per_seed, ["dataset", "teachers", "recipe"], ["levels"], "image_auroc")
+
+
+def _method_table(records, methods, metric, datasets, paper_table, paper_col, family="mvtec") -> pd.DataFrame:
+    frames = [select(runs_frame(records, datasets), m) for m in methods]
+    df = pd.concat([f for f in frames if not f.empty]) if any(not f.empty for f in frames) else pd.DataFrame()
+    if df.empty:
+        return pd.DataFrame({"status": [NOT_RUN]})
+    df = df.assign(column=df["method"] + " · " + df["teachers"] + " · " + df["recipe"])
+    table = _pivot(df, ["dataset", "category"], ["column"], metric)
+    for m in methods:  # a method with no record still gets its column
+        if not any(c.startswith(m + " ·") for c in table.columns):
+            table[f"{m} · {NOT_RUN}"] = NOT_RUN
+    if paper_col:
+        table[f"{paper.SOURCE}: {paper_col}"] = _paper_column(table.index.get_level_values("category"),
+                                                              table.index.get_level_values("dataset"),
+                                                              paper_table, paper_col, family)
+    return table
+
+
+def table2_reduced(records, datasets=None) -> pd.DataFrame:
+    return _method_table(records, ("reduced", "stpm"), "image_auroc", datasets, paper.TABLE2, "reduced")
+
+
+def table4_mixed(records, datasets=None) -> pd.DataFrame:
+    return _method_table(records, ("mixed", "reduced", "stpm"), "image_auroc", datasets, paper.TABLE4, "mixed")
+
+
+def table5_pixel(records, datasets=None) -> dict[str, pd.DataFrame]:
+    return {"pixel AUROC": _method_table(records, ("mixed", "reduced", "stpm"), "pixel_auroc", datasets,
+                                         paper.TABLE5, "mixed"),
+            "AUPRO (FPR <= 0.3; the paper reports none)": _method_table(
+                records, ("mixed", "reduced", "stpm"), "aupro", datasets, paper.TABLE5, None)}
+
+
+def table6_btad(records) -> pd.DataFrame:
+    btad = sorted({r["dataset"] for r in ok_records(records) if "btad" in r["dataset"].lower()
+                   or "btech" in r["dataset"].lower()})
+    if not btad:
+        return pd.DataFrame({"ours": [NOT_RUN + " (no BTAD records: BTAD is not on this machine)"],
+                             f"{paper.SOURCE}: mixed": [f"{paper.TABLE6.loc['01', 'mixed']:.1f}"],
+                             f"{paper.SOURCE}: FastFlow": [f"{paper.TABLE6.loc['01', 'FastFlow']:.1f}"]},
+                            index=pd.Index(["BTAD 01"], name="category"))
+    return _method_table(records, ("mixed", "reduced"), "image_auroc", btad, paper.TABLE6, "mixed", family="btad")
+
+
+def paper_table(number: int) -> pd.DataFrame:
+    """The paper's table as printed, with its mean row where it has one, clearly captioned."""
+    tables = {1: (paper.TABLE1, None), 2: (paper.TABLE2, paper.TABLE2_MEAN), 3: (paper.TABLE3, None),
+              4: (paper.TABLE4, paper.TABLE4_MEAN), 5: (paper.TABLE5, paper.TABLE5_MEAN), 6: (paper.TABLE6, None)}
+    table, mean = tables[number]
+    table = table.copy()
+    if mean:
+        table.loc["mean"] = pd.Series(mean)
+    table.columns = [f"{c}" for c in table.columns]
+    return table
+
+
+def timing_frame(timing: list[dict]) -> pd.DataFrame:
+    rows = [{**{k: r[k] for k in ("run_id", "origin", "name", "method", "scope", "batch_size", "precision",
+                                  "channels_last", "compile", "cuda_graphs", "median_ms", "p99_ms",
+                                  "images_per_s")},
+             "device": r["env"]["device_name"], "device_type": r["env"]["device"],
+             "gmacs": r.get("gmacs"), "variant_key": r.get("variant_key")}
+            for r in timing if r.get("status") == "ok"]
+    return pd.DataFrame(rows)
+
+
+def table3_timing(timing: list[dict], scope: str = "map", batch_size: int = 1, precision: str = "fp32",
+                  device_type: str | None = None) -> pd.DataFrame:
+    """FPS and latency per subject from the latest timing run of each device, plain settings."""
+    df = timing_frame(timing)
+    if df.empty:
+        return pd.DataFrame({"status": [NOT_RUN + " (no timing records)"]})
+    df = df[(df.scope == scope) & (df.batch_size == batch_size) & (df.precision == precision)
+            & ~df.channels_last & ~df["compile"] & ~df.cuda_graphs]
+    if device_type:
+        df = df[df.device_type == device_type]
+    if df.empty:
+        return pd.DataFrame({"status": [NOT_RUN + f" (no {scope} b{batch_size} {precision} records)"]})
+    latest = df.groupby("device_type").run_id.transform("max")
+    df = df[df.run_id == latest]
+    rows = []
+    for (device, run), g in df.groupby(["device", "run_id"]):
+        for measure, col, fmt in (("FPS", "images_per_s", "{:.1f}"), ("latency (ms)", "median_ms", "{:.1f}")):
+            rows.append({"device": device, "run": run, "measure": measure,
+                         **{n: fmt.format(v) for n, v in zip(g["name"], g[col])}})
+    return pd.DataFrame(rows).set_index(["device", "run", "measure"]).fillna(NOT_RUN)
+
+
+def timing_ratios(timing: list[dict], scope: str = "map") -> pd.DataFrame:
+    """Within each run: reduced/STPM and reduced/anomalib-STFPM throughput ratios per batch size."""
+    df = timing_frame(timing)
+    if df.empty:
+        return pd.DataFrame()
+    df = df[(df.scope == scope) & ~df.channels_last & ~df["compile"] & ~df.cuda_graphs]
+    out = []
+    for (run, bs, prec), g in df.groupby(["run_id", "batch_size", "precision"]):
+        ips = dict(zip(g["name"], g["images_per_s"]))
+        row = {"run": run, "device": g["device"].iloc[0], "batch": bs, "precision": prec}
+        if "reduced" in ips and "stpm" in ips:
+            row["reduced / stpm"] = ips["reduced"] / ips["stpm"]
+        if "reduced" in ips and "anomalib-stfpm" in ips:
+            row["reduced / anomalib STFPM"] = ips["reduced"] / ips["anomalib-stfpm"]
+        if "stpm" in ips and "anomalib-stfpm" in ips:
+            row["stpm / anomalib STFPM"] = ips["stpm"] / ips["anomalib-stfpm"]
+        if "mixed" in ips and "reduced" in ips:
+            row["mixed / reduced"] = ips["mixed"] / ips["reduced"]
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def ablation_table(records, base: str, axes: tuple[str, ...], metric="image_auroc", datasets=None) -> pd.DataFrame:
+    df = select(runs_frame(records, datasets), base, free=axes)
+    if df.empty:
+        return pd.DataFrame({"status": [NOT_RUN]})
+    df = df.assign(**{a: df[f"v.{a}"].map(lambda x: "+".join(map(str, x)) if isinstance(x, tuple) else x)
+                      for a in axes})
+    return _pivot(df, ["dataset", "category", "teachers", "recipe"], list(axes), metric)
+
+
+def provenance(records, timing) -> pd.DataFrame:
+    """What stands behind the numbers: datasets, teachers (with weight labels), recipes, hardware."""
+    rows = {}
+    for r in ok_records(records):
+        key = (r["dataset"], teachers_label(r["variant"]), f"{r['recipe']}/{r['epochs']}ep",
+               r["hardware"]["device_name"])
+        labels = "; ".join(f"{t['backbone']}: {t.get('label') or t['kind']}" for t in r["teachers"])
+        row = rows.setdefault(key, {"runs": 0, "seeds": set(), "weights": labels})
+        row["runs"] += 1
+        row["seeds"].add(r["seed"])
+    out = [{"dataset": k[0], "teachers": k[1], "recipe": k[2], "hardware": k[3], "runs": v["runs"],
+            "seeds": ",".join(map(str, sorted(v["seeds"]))), "teacher weights": v["weights"]}
+           for k, v in sorted(rows.items())]
+    for dev in sorted({r["env"]["device_name"] for r in timing if r.get("status") == "ok"}):
+        out.append({"dataset": "(timing)", "teachers": "random init (speed only)", "recipe": "-",
+                    "hardware": dev, "runs": sum(1 for r in timing if r["env"]["device_name"] == dev),
+                    "seeds": "-", "teacher weights": "-"})
+    return pd.DataFrame(out)
+
+
+# ------------------------------------------------------------------ figures
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def gallery(record: dict, max_rows: int = 4):
+    """Test images, ground truth, the final map, and each teacher's map (the paper's Fig. 2 idea)."""
+    plt = _plt()
+    path = Path(record["_path"]).with_name(record["examples"])
+    ex = np.load(path)
+    parts = [k for k in ("map_main", "map_aux") if k in ex]
+    cols = ["image", "ground truth", "final map", *parts]
+    n = min(max_rows, len(ex["image"]))
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.2 * len(cols), 2.2 * n), squeeze=False)
+    titles = {"map_main": f"teacher 1 ({record['variant']['teacher']})",
+              "map_aux": f"teacher 2 ({record['variant'].get('teacher2')})"}
+    for i in range(n):
+        panels = [ex["image"][i].transpose(1, 2, 0), ex["mask"][i], ex["map"][i].astype(float),
+                  *[ex[p][i].astype(float) for p in parts]]
+        for j, (ax, img) in enumerate(zip(axes[i], panels)):
+            ax.imshow(img, cmap=None if j == 0 else ("gray" if j == 1 else "jet"))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(titles.get(cols[j], cols[j]), fontsize=9)
+        axes[i][0].set_ylabel(f"{ex['name'][i]}\nscore {ex['score'][i]:.3g}", fontsize=8)
+    fig.suptitle(f"{record['variant_name']} · {record['dataset']}/{record['category']} · seed {record['seed']}",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def roc_curves(records, dataset: str, category: str, seed: int = 0):
+    from sklearn.metrics import roc_curve
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    shown = 0
+    for m in ("reduced", "stpm", "mixed"):
+        df = select(runs_frame(records), m)
+        df = df[(df.dataset == dataset) & (df.category == category) & (df.seed == seed)] if not df.empty else df
+        for key in (df.variant_key.unique() if not df.empty else []):
+            rec = next(r for r in ok_records(records) if r["variant_key"] == key and r["dataset"] == dataset
+                       and r["category"] == category and r["seed"] == seed)
+            fpr, tpr, _ = roc_curve(rec["test"]["labels"], rec["test"]["scores"])
+            ax.plot(fpr, tpr, label=f"{m} ({teachers_label(rec['variant'])}) AUROC {rec['metrics']['image_auroc']:.3f}")
+            shown += 1
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"image ROC · {dataset}/{category} · seed {seed}")
+    if shown:
+        ax.legend(fontsize=7, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, NOT_RUN, ha="center")
+    fig.tight_layout()
+    return fig
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats on both axes (higher is better on both)."""
+    return [i for i, (x, y) in enumerate(points)
+            if not any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for x2, y2 in points)]
+
+
+def speed_vs_accuracy(records, timing, scope="map", batch_size=1, precision="fp32"):
+    """Throughput (timing records) against image AUROC (run records) per method, Pareto front marked.
+    Speed is a property of the architecture, so a method's speed is matched by method name."""
+    plt = _plt()
+    t = timing_frame(timing)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if t.empty:
+        ax.text(0.5, 0.5, NOT_RUN + " (no timing records)", ha="center")
+        return fig
+    t = t[(t.scope == scope) & (t.batch_size == batch_size) & (t.precision == precision) & ~t.channels_last
+          & ~t["compile"] & ~t.cuda_graphs]
+    t = t[t.run_id == t.run_id.max()]
+    runs = runs_frame(records)
+    pts, labels = [], []
+    for m in ("reduced", "stpm", "mixed"):
+        sel = select(runs, m)
+        speed = t[t.name == m]["images_per_s"]
+        if sel.empty or speed.empty:
+            continue
+        for (ds, teachers), g in sel.groupby(["dataset", "teachers"]):
+            pts.append((float(speed.iloc[0]), float(g.image_auroc.mean())))
+            labels.append(f"{m} · {ds}")
+    if not pts:
+        ax.text(0.5, 0.5, NOT_RUN, ha="center")
+        return fig
+    front = set(pareto_front(pts))
+    for i, ((x, y), lab) in enumerate(zip(pts, labels)):
+        ax.scatter(x, y, marker="*" if i in front else "o", s=120 if i in front else 40)
+        ax.annotate(lab, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set(xlabel=f"images/s ({t.device.iloc[0]}, {scope}, batch {batch_size}, {precision})",
+           ylabel="image AUROC (mean over seeds)", title="speed vs accuracy (★ = Pareto front per dataset pool)")
+    fig.tight_layout()
+    return fig
+
+
+def ablation_plot(records, base: str, axis: str, metric: str = "image_auroc", kind: str = "line"):
+    """Mean ± 95 % CI over seeds of METRIC against one axis, a line/bar group per dataset/category."""
+    plt = _plt()
+    df = select(runs_frame(records), base, free=(axis,))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if df.empty:
+        ax.text(0.5, 0.5, NOT_RUN, ha="center")
+        return fig
+    df = df.assign(x=df[f"v.{axis}"].map(lambda x: "+".join(map(str, x)) if isinstance(x, tuple) else x))
+    groups = list(df.groupby(["dataset", "category", "teachers"]))
+    xs = sorted(df.x.unique(), key=lambda v: (isinstance(v, str), v))
+    width = 0.8 / max(1, len(groups))
+    for gi, ((ds, cat, teachers), g) in enumerate(groups):
+        stats_ = g.groupby("x")[metric].agg(["mean", lambda s: ci95(s)])
+        stats_ = stats_.reindex(xs)
+        means, cis = stats_["mean"].values * 100, np.nan_to_num(stats_.iloc[:, 1].values * 100)
+        label = f"{ds}/{cat}" if ds == cat or cat == ds else f"{ds}/{cat}"
+        if kind == "line":
+            ax.errorbar(range(len(xs)), means, yerr=cis, marker="o", capsize=3, label=label)
+        else:
+            ax.bar(np.arange(len(xs)) + gi * width, means, width, yerr=cis, capsize=3, label=label)
+    ax.set_xticks(np.arange(len(xs)) + (0 if kind == "line" else width * (len(groups) - 1) / 2))
+    ax.set_xticklabels([str(x) for x in xs])
+    ax.set(xlabel=axis, ylabel=f"{metric.replace('_', ' ')} (%)", title=f"{base}: {metric} vs {axis} (mean ± 95 % CI)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,113 @@
+"""Report tables and the notebooks, on a small set of generated records (with failed and missing cells)."""
+import numpy as np
+import pytest
+
+from bench import report
+from bench.run import Job, _base_record
+from bench.store import write_json_atomic
+from bench.timing import run_timing
+from bench.variants import create_variant
+
+
+def fake_record(results, name, dataset, category, seed, rng, status="ok", **overrides):
+    """A record as run_job writes it, with generated metrics (tests only; never under results/)."""
+    v = create_variant(name, **overrides)
+    job = Job(name, v, str(results), category, seed=seed, recipe="quick", dataset=dataset)
+    rec = _base_record(job, "cpu")
+    labels = [0, 0, 1, 1]
+    if status == "ok":
+        rec.update(status="ok", metrics={m: float(rng.uniform(0.6, 1.0)) for m in
+                                         ("image_auroc", "pixel_auroc", "aupro", "f1_max")},
+                   teachers=[{"backbone": v.teacher, "kind": "random", "file": None, "sha256": None, "label": None}],
+                   test={"labels": labels, "scores": rng.random(4).tolist(), "defect": ["good"] * 2 + ["x"] * 2},
+                   examples=None, train={"best_epoch": 1})
+    else:
+        rec.update(status="failed", error="DataError: broken.png: corrupt or unreadable image")
+    write_json_atomic(job.record_path(results), rec)
+    return rec
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    rng = np.random.default_rng(0)
+    for seed in (0, 1, 2):
+        for name in ("reduced", "mixed"):          # stpm deliberately not run
+            fake_record(root, name, "mvtec_anomaly_detection", "carpet", seed, rng)
+            fake_record(root, name, "kolektorsdd", "kolektorsdd", seed, rng)
+        for alpha in (0.0, 0.5):
+            fake_record(root, "mixed", "kolektorsdd", "kolektorsdd", seed, rng, alpha=alpha)
+        for layers in ((1, 2), (2, 3)):
+            fake_record(root, "reduced", "kolektorsdd", "kolektorsdd", seed, rng, layers=layers)
+    fake_record(root, "stpm", "kolektorsdd", "kolektorsdd", 0, rng, status="failed")
+    run_timing(device="cpu", variants=["reduced", "stpm"], batch_sizes=[1], iters=2, warmup=1,
+               results=root, image_size=64, peers=False)
+    return root
+
+
+def test_table2_labels_ours_and_the_papers(results):
+    t = report.table2_reduced(report.load_runs(results))
+    paper_col = f"{report.paper.SOURCE}: reduced"
+    assert paper_col in t.columns
+    assert t.loc[("mvtec_anomaly_detection", "carpet"), paper_col] == "100.0"
+    assert t.loc[("kolektorsdd", "kolektorsdd"), paper_col] == "n/a (paper: MVTEC only)"
+    stpm = [c for c in t.columns if c.startswith("stpm")]
+    assert stpm == ["stpm · not run"] and (t[stpm[0]] == "not run").all()
+    reduced = [c for c in t.columns if c.startswith("reduced ·")][0]
+    assert "±" in t.loc[("kolektorsdd", "kolektorsdd"), reduced]  # three seeds: mean ± CI
+
+
+def test_table1_table4_table5_table6_shapes(results):
+    runs = report.load_runs(results)
+    t1 = report.table1_layers(runs)
+    assert set(t1.columns) == {"levels 0+1+2+3", "levels 1+2", "levels 2+3"}
+    assert t1.loc[("mvtec_anomaly_detection",)].shape[0] == 1
+    assert (t1.loc[("mvtec_anomaly_detection",)][["levels 1+2", "levels 2+3"]] == "not run").all(axis=None)
+    t4 = report.table4_mixed(runs)
+    assert t4.shape == (2, 4)
+    t5 = report.table5_pixel(runs)
+    assert set(t5) == {"pixel AUROC", "AUPRO (FPR <= 0.3; the paper reports none)"}
+    t6 = report.table6_btad(runs)
+    assert "not run" in t6.iloc[0, 0] and t6.iloc[0, 1] == "97.0"
+
+
+def test_ablation_and_seed_summary(results):
+    runs = report.load_runs(results)
+    a = report.ablation_table(runs, "mixed", ("alpha",))
+    assert list(a.columns) == [0.0, 0.1, 0.5] and a.loc[("mvtec_anomaly_detection",)].iloc[0][0.5] == "not run"
+    s = report.seed_summary(runs)
+    assert (s.seeds == 3).all() and len(s) == 8
+
+
+def test_table3_timing_and_ratios(results):
+    timing = report.load_timing(results)
+    t3 = report.table3_timing(timing)
+    assert list(t3.index.get_level_values("measure")) == ["FPS", "latency (ms)"]
+    assert set(t3.columns) == {"reduced", "stpm"}
+    r = report.timing_ratios(timing)
+    assert r["reduced / stpm"].iloc[0] > 0
+
+
+def test_pareto_front():
+    assert report.pareto_front([(1, 1), (2, 0.5), (0.5, 0.9), (2, 1)]) == [3]
+    assert sorted(report.pareto_front([(1, 2), (2, 1)])) == [0, 1]
+
+
+def test_ci95():
+    assert np.isnan(report.ci95([0.5]))
+    assert report.ci95([1.0, 2.0, 3.0]) == pytest.approx(4.302652729911275 * 1 / np.sqrt(3))
+
+
+@pytest.mark.slow
+def test_every_notebook_executes_on_generated_records(results, tmp_path):
+    from bench.notebooks import ORDER, render_all
+    outs = render_all(results=results, out_dir=tmp_path, html=True)
+    assert [o.stem for o in outs] == list(ORDER)
+    import nbformat
+    for o in outs:
+        cells = nbformat.read(o, as_version=4).cells
+        assert not [out for c in cells for out in c.get("outputs", []) if out.get("output_type") == "error"]
+        assert o.with_suffix(".html").stat().st_size > 1000
+    t2 = (tmp_path / "table2_reduced.html").read_text()
+    assert "not run" in t2 and "paper (Thomine et al., VISAPP 2023)" in t2 and "kolektorsdd" in t2
+    assert "Failed runs:** 1" in (tmp_path / "overview.ipynb").read_text()
