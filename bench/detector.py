@@ -13,6 +13,7 @@ from bench.backbones import Teacher
 from bench.students import build_student
 
 FUSIONS = ("minmax", "l2rows")
+BRANCH_NAMES = ("main", "aux")
 SCORES = ("sum", "max")
 
 
@@ -129,10 +130,19 @@ class Detector(nn.Module):
                    for w, b, ft in zip(self.weights, self.branches, fts))
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> Prediction:
+    def branch_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Eq. 9-10 for each branch, before fusion and blur."""
         size = tuple(x.shape[-2:])
-        parts = [features_map(b.teacher_features(x), b.student_features(x), size) for b in self.branches]
+        return [features_map(b.teacher_features(x), b.student_features(x), size) for b in self.branches]
+
+    def finish(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 11 (two branches), blur, Eq. 12: branch maps -> (scores, final maps)."""
         fused = parts[0] if len(parts) == 1 else fuse(parts[0], parts[1], self.fusion)
         maps = gaussian_blur(fused, self.blur_sigma)
-        names = ["main", "aux"]
-        return Prediction(image_score(maps, self.score), maps, dict(zip(names, parts)))
+        return image_score(maps, self.score), maps
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> Prediction:
+        parts = self.branch_maps(x)
+        scores, maps = self.finish(parts)
+        return Prediction(scores, maps, dict(zip(BRANCH_NAMES, parts)))

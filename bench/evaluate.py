@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bench.detector import Detector
+from bench.detector import BRANCH_NAMES, Detector
 from bench.metrics import all_metrics
 
 
@@ -14,24 +14,31 @@ from bench.metrics import all_metrics
 class Evaluation:
     metrics: dict
     scores: np.ndarray       # (N,)
-    maps: np.ndarray         # (N,H,W) float32, blurred final maps
-    parts: dict              # branch name -> (N,H,W) float16 maps before fusion
+    maps: np.ndarray         # (N,H,W) float32, final blurred maps
+    parts: dict              # branch name -> (N,H,W) float32 maps before fusion and blur
 
 
 @torch.no_grad()
-def evaluate(detector: Detector, images: torch.Tensor, labels: np.ndarray, masks: np.ndarray,
-             device="cpu", batch_size: int = 16) -> Evaluation:
+def branch_maps(detector: Detector, images: torch.Tensor, device="cpu", batch_size: int = 16) -> list[torch.Tensor]:
+    """Each branch's map over the whole test set, on the host. Everything after this point depends
+    only on evaluation-time fields (fusion, blur, score), so sibling variants can share it."""
     detector.eval().to(device)
-    scores, maps, parts = [], [], {}
-    for i in range(0, len(images), batch_size):
-        pred = detector.predict(images[i:i + batch_size].to(device).float().div_(255))
-        scores.append(pred.scores.cpu().numpy())
-        maps.append(pred.maps.cpu().numpy())
-        for name, m in pred.parts.items():
-            parts.setdefault(name, []).append(m.cpu().half().numpy())
+    chunks = [detector.branch_maps(images[i:i + batch_size].to(device).float().div_(255))
+              for i in range(0, len(images), batch_size)]
+    return [torch.cat([c[b].cpu() for c in chunks]) for b in range(len(detector.branches))]
+
+
+def finish(detector: Detector, parts: list[torch.Tensor], labels: np.ndarray, masks: np.ndarray,
+           batch_size: int = 64) -> Evaluation:
+    scores, maps = [], []
+    for i in range(0, len(parts[0]), batch_size):
+        s, m = detector.finish([p[i:i + batch_size] for p in parts])
+        scores.append(s.numpy())
+        maps.append(m.numpy())
     scores = np.concatenate(scores).astype(np.float64)
     maps = np.concatenate(maps).astype(np.float32)
     if not np.isfinite(scores).all():
         raise FloatingPointError("the detector produced non-finite anomaly scores")
-    parts = {k: np.concatenate(v) for k, v in parts.items()}
-    return Evaluation(all_metrics(labels, scores, masks, maps), scores, maps, parts)
+    return Evaluation(all_metrics(labels, scores, masks, maps), scores, maps,
+                      {n: p.numpy() for n, p in zip(BRANCH_NAMES, parts)})
+

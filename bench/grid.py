@@ -183,6 +183,9 @@ def run_grid(jobs: list[Job], results: str | Path = "results", device: str = "cp
     results = str(results)
     _clean_partial_files(results)
     todo = [j for j in jobs if force or not is_done(j, results)]
+    if force:  # recompute means retrain too, not reuse a student trained by older code
+        for path in {j.checkpoint_path(results) for j in todo}:
+            path.unlink(missing_ok=True)
     print(f"{len(jobs)} jobs, {len(jobs) - len(todo)} already recorded, {len(todo)} to run", flush=True)
     outcomes: dict[str, str] = {}
     if executor == "slurm":

@@ -10,8 +10,23 @@ def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
-    return float(roc_auc_score(masks.reshape(-1).astype(np.uint8), maps.reshape(-1)))
+def descending(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order of scores from highest to lowest, and a flag on the last element of each tie group
+    (a threshold admits every pixel of equal score). One sort serves pixel AUROC and AUPRO."""
+    order = np.argsort(scores, kind="quicksort")[::-1]
+    s = scores[order]
+    return order, np.r_[s[1:] != s[:-1], True]
+
+
+def pixel_auroc(masks: np.ndarray, maps: np.ndarray, sorted_=None) -> float:
+    """ROC AUC over all pixels (as sklearn's roc_auc_score, without its cost on ~10^7 pixels)."""
+    pos = masks.reshape(-1).astype(bool)
+    order, last = sorted_ or descending(maps.reshape(-1))
+    tp = np.r_[0, np.cumsum(pos[order])[last]]
+    fp = np.r_[0, np.cumsum(~pos[order])[last]]
+    if tp[-1] == 0 or fp[-1] == 0:
+        raise ValueError("pixel AUROC needs both defect and defect-free pixels")
+    return float(np.trapezoid(tp / tp[-1], fp / fp[-1]))
 
 
 def f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -20,7 +35,7 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(f1.max())
 
 
-def pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pro_curve(masks: np.ndarray, maps: np.ndarray, sorted_=None) -> tuple[np.ndarray, np.ndarray]:
     """(FPR, PRO) at every distinct threshold, from the highest down. PRO is the mean over all
     connected defect regions (4-connectivity, as MVTec's reference) of the fraction of the region
     above the threshold; FPR is over all defect-free pixels of all images. One sort, so it scales
@@ -40,13 +55,10 @@ def pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarr
         raise ValueError("AUPRO needs at least one defect region and one defect-free pixel")
     pro_w = pro_w.ravel() / n_regions
     fpr_w = (~masks).ravel() / float((~masks).sum())
-    scores = maps.ravel()
-    order = np.argsort(-scores, kind="stable")
-    s = scores[order]
+    order, last = sorted_ or descending(maps.reshape(-1))
     pro = np.cumsum(pro_w[order])
     fpr = np.cumsum(fpr_w[order])
-    last_of_tie = np.r_[s[1:] != s[:-1], True]  # a threshold admits every pixel of equal score
-    return np.r_[0.0, fpr[last_of_tie]], np.r_[0.0, pro[last_of_tie]]
+    return np.r_[0.0, fpr[last]], np.r_[0.0, pro[last]]
 
 
 def integrate_until(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
@@ -60,11 +72,12 @@ def integrate_until(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2))
 
 
-def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
-    fpr, pro = pro_curve(masks, maps)
+def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, sorted_=None) -> float:
+    fpr, pro = pro_curve(masks, maps, sorted_)
     return integrate_until(fpr, pro, fpr_limit) / fpr_limit
 
 
 def all_metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray) -> dict:
-    return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps),
-            "aupro": aupro(masks, maps), "f1_max": f1_max(labels, scores)}
+    sorted_ = descending(maps.reshape(-1))
+    return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps, sorted_),
+            "aupro": aupro(masks, maps, sorted_=sorted_), "f1_max": f1_max(labels, scores)}

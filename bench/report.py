@@ -19,6 +19,7 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro")
 NOT_RUN = "not run"
 # Fields a table may vary without the run stopping to be "the method": which teachers were available.
 TEACHER_FIELDS = ("teacher", "teacher2", "teacher_init", "teacher2_init")
+FAMILY_NAMES = {"mvtec": "MVTec AD", "btad": "BTAD"}
 
 
 # ------------------------------------------------------------------ numbers
@@ -104,6 +105,7 @@ def _pivot(df: pd.DataFrame, rows: list[str], cols: list[str], metric: str) -> p
     if df.empty:
         return pd.DataFrame()
     table = df.groupby(rows + cols)[metric].apply(fmt_mean_ci).unstack(cols)
+    table.columns.name = None
     return table.fillna(NOT_RUN)
 
 
@@ -112,7 +114,7 @@ def _paper_column(index: pd.Index, datasets: pd.Index, table: pd.DataFrame, colu
     out = []
     for ds, cat in zip(datasets, index):
         comparable = family in str(ds).lower().replace("btech", "btad") and cat in table.index
-        out.append(f"{table.loc[cat, column]:.1f}" if comparable else f"n/a (paper: {family.upper()} only)")
+        out.append(f"{table.loc[cat, column]:.1f}" if comparable else f"n/a (paper: {FAMILY_NAMES[family]} only)")
     return out
 
 
@@ -250,8 +252,9 @@ def provenance(records, timing) -> pd.DataFrame:
     """What stands behind the numbers: datasets, teachers (with weight labels), recipes, hardware."""
     rows = {}
     for r in ok_records(records):
+        hw = r["hardware"]
         key = (r["dataset"], teachers_label(r["variant"]), f"{r['recipe']}/{r['epochs']}ep",
-               r["hardware"]["device_name"])
+               hw["cpu"] + " (CPU)" if hw["device"] == "cpu" else hw["device_name"])
         labels = "; ".join(f"{t['backbone']}: {t.get('label') or t['kind']}" for t in r["teachers"])
         row = rows.setdefault(key, {"runs": 0, "seeds": set(), "weights": labels})
         row["runs"] += 1
@@ -268,8 +271,6 @@ def provenance(records, timing) -> pd.DataFrame:
 
 # ------------------------------------------------------------------ figures
 def _plt():
-    import matplotlib
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     return plt
 

@@ -15,7 +15,7 @@ import torch
 from bench import data as data_mod
 from bench.build import build_detector, teacher_sources
 from bench.env import git_revision, hardware, software
-from bench.evaluate import evaluate
+from bench.evaluate import branch_maps, finish
 from bench.store import write_json_atomic
 from bench.train import fit, get_recipe, seed_everything
 from bench.variants import Variant
@@ -114,13 +114,13 @@ def _examples(job: Job, split, test_images, masks, ev, path: Path) -> str | None
         t.float().unsqueeze(1) if t.dim() == 3 else t.float(), size=EXAMPLE_SIZE, mode="area")
     arrays = {
         "image": small(test_images[pick]).round().byte().numpy(),
-        "mask": (small(masks[pick]).squeeze(1) > 0.5).numpy(),
+        "mask": (small(torch.from_numpy(masks[pick])).squeeze(1) > 0.5).numpy(),
         "map": small(torch.from_numpy(ev.maps[pick])).squeeze(1).half().numpy(),
         "score": ev.scores[pick], "label": labels[pick],
-        "name": np.array([str(split.test[i].path.name) for i in pick]),
+        "name": np.array([f"{split.test[i].defect}/{split.test[i].path.name}" for i in pick]),
     }
     for name, part in ev.parts.items():
-        arrays[f"map_{name}"] = small(torch.from_numpy(part[pick].astype(np.float32))).squeeze(1).half().numpy()
+        arrays[f"map_{name}"] = small(torch.from_numpy(part[pick])).squeeze(1).half().numpy()
     out = path.with_suffix(".npz")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
@@ -129,33 +129,49 @@ def _examples(job: Job, split, test_images, masks, ev, path: Path) -> str | None
     return out.name
 
 
+# The last job's test set and branch maps. A following job that differs only in evaluation fields
+# (the readings grid's score and fusion axes, which the grid runs back to back) reuses them instead
+# of reloading the data and running the networks again.
+_LAST: dict = {}
+
+
 def run_job(job: Job, results: str | Path = "results", device: str = "cpu",
             weights: dict[str, str] | None = None, progress: bool = True) -> dict:
     """Train and evaluate one job and write its record; returns the record. Raises on failure."""
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     record = _base_record(job, device)
-    split = data_mod.load_split(job.data, job.category)
-    size = job.variant.image_size
-    train_images = data_mod.load_images(split.train, size)
-    test_images = data_mod.load_images(split.test, size)
-    masks = data_mod.load_masks(split.test, size)
-    labels = np.array([s.label for s in split.test])
     seed_everything(job.seed)  # the students' initial weights belong to the run's seed
     detector = build_detector(job.variant, weights)
-    train = _train_or_reuse(job, detector, split, train_images, device, results, progress)
-    ev = evaluate(detector, test_images, labels, masks.numpy(), device=device)
+    key = (job.variant.train_key, str(Path(job.data).resolve()), job.category, job.seed, job.recipe,
+           job.n_epochs, str(Path(results).resolve()))
+    if _LAST.get("key") != key:
+        _LAST.clear()
+        split = data_mod.load_split(job.data, job.category)
+        size = job.variant.image_size
+        train_images = data_mod.load_images(split.train, size)
+        test_images = data_mod.load_images(split.test, size)
+        masks = data_mod.load_masks(split.test, size).numpy()
+        train = _train_or_reuse(job, detector, split, train_images, device, results, progress)
+        del train_images
+        parts = branch_maps(detector, test_images, device)
+        _LAST.update(key=key, split=split, test_images=test_images, masks=masks, train=train, parts=parts,
+                     labels=np.array([s.label for s in split.test]))
+    else:
+        _LAST["train"] = {**_LAST["train"], "reused_checkpoint": True}
+    split, labels, masks = _LAST["split"], _LAST["labels"], _LAST["masks"]
+    ev = finish(detector, _LAST["parts"], labels, masks)
     path = job.record_path(results)
     record.update({
         "status": "ok",
         "metrics": ev.metrics,
-        "train": train,
+        "train": _LAST["train"],
         "teachers": teacher_sources(detector),
         "layout": split.layout,
         "n_test": len(split.test), "n_test_defective": int(labels.sum()),
         "test": {"labels": labels.tolist(), "scores": ev.scores.tolist(),
                  "defect": [s.defect for s in split.test]},
-        "examples": _examples(job, split, test_images, masks, ev, path),
+        "examples": _examples(job, split, _LAST["test_images"], masks, ev, path),
         "started": started.isoformat(timespec="seconds"),
         "wall_s": round(time.perf_counter() - t0, 2),
     })

@@ -170,8 +170,8 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
     batch_sizes = sorted(batch_sizes or ((1, 8, 32, 64) if cuda else (1, 8, 32)))
     precisions = list(precisions or (("fp32", "fp16", "bf16") if cuda else ("fp32",)))
     scopes = list(scopes or SCOPES)
-    iters = iters or (200 if cuda else 20)
-    warmup = warmup or (20 if cuda else 3)
+    iters = iters or (200 if cuda else 10)
+    warmup = warmup or (20 if cuda else 2)
     options = [(cl, comp, graphs) for cl in ([False, True] if channels_last else [False])
                for comp in ([False, True] if compile else [False])
                for graphs in ([False, True] if cuda_graphs and cuda else [False])]

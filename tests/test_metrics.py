@@ -74,6 +74,13 @@ def test_integrate_until_interpolates_at_the_limit():
     assert integrate_until(x, y, 0.3) == pytest.approx(0.1 + 0.1)
 
 
+@pytest.mark.parametrize("quantise", [None, 3])
+def test_pixel_auroc_matches_sklearn_with_ties(quantise):
+    from sklearn.metrics import roc_auc_score
+    masks, maps = random_case(np.random.default_rng(1), quantise=quantise)
+    assert pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+
+
 def test_auroc_and_f1():
     labels = np.array([0, 0, 1, 1])
     assert image_auroc(labels, np.array([0.1, 0.2, 0.3, 0.4])) == 1.0

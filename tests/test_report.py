@@ -50,7 +50,7 @@ def test_table2_labels_ours_and_the_papers(results):
     paper_col = f"{report.paper.SOURCE}: reduced"
     assert paper_col in t.columns
     assert t.loc[("mvtec_anomaly_detection", "carpet"), paper_col] == "100.0"
-    assert t.loc[("kolektorsdd", "kolektorsdd"), paper_col] == "n/a (paper: MVTEC only)"
+    assert t.loc[("kolektorsdd", "kolektorsdd"), paper_col] == "n/a (paper: MVTec AD only)"
     stpm = [c for c in t.columns if c.startswith("stpm")]
     assert stpm == ["stpm · not run"] and (t[stpm[0]] == "not run").all()
     reduced = [c for c in t.columns if c.startswith("reduced ·")][0]
