@@ -13,7 +13,7 @@ from scipy import stats
 
 from bench import paper
 from bench.store import read_records
-from bench.variants import PRESETS
+from bench.variants import PRESETS, variant_from_fields
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 NOT_RUN = "not run"
@@ -190,7 +190,8 @@ def timing_frame(timing: list[dict]) -> pd.DataFrame:
                                   "channels_last", "compile", "cuda_graphs", "median_ms", "p99_ms",
                                   "images_per_s")},
              "device": r["env"]["device_name"], "device_type": r["env"]["device"],
-             "gmacs": r.get("gmacs"), "variant_key": r.get("variant_key")}
+             "gmacs": r.get("gmacs"), "variant_key": r.get("variant_key"),
+             "arch_key": variant_from_fields(r["variant"]).arch_key if r.get("variant") else None}
             for r in timing if r.get("status") == "ok"]
     return pd.DataFrame(rows)
 
@@ -269,6 +270,30 @@ def provenance(records, timing) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def is_canonical(record: dict) -> bool:
+    """The run is its method's preset, up to the teachers it had."""
+    preset = PRESETS[record["method"]].fields()
+    return all(record["variant"][k] == (list(v) if isinstance(v, tuple) else v)
+               for k, v in preset.items() if k not in TEACHER_FIELDS)
+
+
+def gallery_picks(records, datasets=None, path_part: str = "") -> list[dict]:
+    """Runs with kept example maps: one per dataset, category and method (the method's preset
+    first, MixedTeacher first), or those whose path contains PATH_PART."""
+    picks = [r for r in ok_records(records) if r.get("examples") and (not datasets or r["dataset"] in datasets)
+             and (path_part in r["_path"] if path_part else True)]
+    picks.sort(key=lambda r: (r["dataset"], r["category"], r["method"] != "mixed", not is_canonical(r), r["method"]))
+    if path_part:
+        return picks
+    seen, out = set(), []
+    for r in picks:
+        key = (r["dataset"], r["category"], r["method"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
 # ------------------------------------------------------------------ figures
 def _plt():
     import matplotlib.pyplot as plt
@@ -333,38 +358,47 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def speed_vs_accuracy(records, timing, scope="map", batch_size=1, precision="fp32"):
-    """Throughput (timing records) against image AUROC (run records) per method, Pareto front marked.
-    Speed is a property of the architecture, so a method's speed is matched by method name."""
+    """Throughput (timing records) against image AUROC (run records) per variant, Pareto front
+    marked. A run and a timing record match when their architectures match (Variant.arch_key):
+    speed does not depend on the weights or on evaluation-time readings."""
     plt = _plt()
     t = timing_frame(timing)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 5))
     if t.empty:
         ax.text(0.5, 0.5, NOT_RUN + " (no timing records)", ha="center")
         return fig
     t = t[(t.scope == scope) & (t.batch_size == batch_size) & (t.precision == precision) & ~t.channels_last
-          & ~t["compile"] & ~t.cuda_graphs]
+          & ~t["compile"] & ~t.cuda_graphs & t.arch_key.notna()]
     t = t[t.run_id == t.run_id.max()]
+    speed = dict(zip(t.arch_key, t.images_per_s))
     runs = runs_frame(records)
-    pts, labels = [], []
-    for m in ("reduced", "stpm", "mixed"):
-        sel = select(runs, m)
-        speed = t[t.name == m]["images_per_s"]
-        if sel.empty or speed.empty:
-            continue
-        for (ds, teachers), g in sel.groupby(["dataset", "teachers"]):
-            pts.append((float(speed.iloc[0]), float(g.image_auroc.mean())))
-            labels.append(f"{m} · {ds}")
-    if not pts:
-        ax.text(0.5, 0.5, NOT_RUN, ha="center")
+    points = []
+    if not runs.empty:
+        runs = runs.assign(arch=[variant_from_fields(_fields(row)).arch_key for _, row in runs.iterrows()])
+        for (ds, arch), g in runs[runs.arch.isin(speed)].groupby(["dataset", "arch"]):
+            points.append((ds, float(speed[arch]), float(g.image_auroc.mean()),
+                           f"{g.variant_name.iloc[0]} ({g.teachers.iloc[0]})"))
+    if not points:
+        ax.text(0.5, 0.5, NOT_RUN + " (no timed architecture has run records)", ha="center")
         return fig
-    front = set(pareto_front(pts))
-    for i, ((x, y), lab) in enumerate(zip(pts, labels)):
-        ax.scatter(x, y, marker="*" if i in front else "o", s=120 if i in front else 40)
-        ax.annotate(lab, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set(xlabel=f"images/s ({t.device.iloc[0]}, {scope}, batch {batch_size}, {precision})",
-           ylabel="image AUROC (mean over seeds)", title="speed vs accuracy (★ = Pareto front per dataset pool)")
+    for ds in sorted({p[0] for p in points}):
+        pts = [p for p in points if p[0] == ds]
+        front = set(pareto_front([(x, y) for _, x, y, _ in pts]))
+        sc = ax.scatter([p[1] for p in pts], [p[2] for p in pts], label=ds)
+        for i, (_, x, y, lab) in enumerate(pts):
+            if i in front:
+                ax.scatter([x], [y], marker="*", s=220, facecolors="none", edgecolors=sc.get_facecolor()[0])
+            ax.annotate(lab, (x, y), fontsize=6, xytext=(4, 3), textcoords="offset points")
+    ax.set(xlabel=f"images/s ({t.device.iloc[0]}, scope {scope}, batch {batch_size}, {precision})",
+           ylabel="image AUROC (mean over seeds and categories)",
+           title="speed vs accuracy (☆ = Pareto front within a dataset)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _fields(row) -> dict:
+    return {k[2:]: (list(v) if isinstance(v, tuple) else v) for k, v in row.items() if k.startswith("v.")}
 
 
 def ablation_plot(records, base: str, axis: str, metric: str = "image_auroc", kind: str = "line"):

@@ -73,6 +73,12 @@ class Variant:
         """Key of what training depends on; variants differing only in EVAL_ONLY_FIELDS share it."""
         return _digest({k: v for k, v in self.fields().items() if k not in EVAL_ONLY_FIELDS})
 
+    @property
+    def arch_key(self) -> str:
+        """Key of what inference cost depends on: not the weights, not the evaluation-time readings."""
+        skip = (*EVAL_ONLY_FIELDS, "teacher_init", "teacher2_init", "alpha", "score")
+        return _digest({k: v for k, v in self.fields().items() if k not in skip})
+
     def describe(self) -> str:
         main = f"{self.teacher}{list(self.layers)}/{self.student}{'+AAP' if self.pooling else ''}"
         if self.teacher_init != "pretrained":

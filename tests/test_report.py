@@ -111,3 +111,11 @@ def test_every_notebook_executes_on_generated_records(results, tmp_path):
     t2 = (tmp_path / "table2_reduced.html").read_text()
     assert "not run" in t2 and "paper (Thomine et al., VISAPP 2023)" in t2 and "kolektorsdd" in t2
     assert "Failed runs:** 1" in (tmp_path / "overview.ipynb").read_text()
+
+
+@pytest.mark.parametrize("table,means", [("TABLE2", "TABLE2_MEAN"), ("TABLE4", "TABLE4_MEAN"), ("TABLE5", "TABLE5_MEAN")])
+def test_paper_reference_tables_agree_with_their_printed_means(table, means):
+    """A transcription check: each column's mean is the paper's printed mean, up to its rounding."""
+    t, m = getattr(report.paper, table), getattr(report.paper, means)
+    for col, printed in m.items():
+        assert t[col].mean() == pytest.approx(printed, abs=0.1)
