@@ -82,12 +82,16 @@ def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, re
             "scopes": "network,map,end_to_end", "compile": "also time torch.compile",
             "channels_last": "also time channels_last", "cuda_graphs": "also time CUDA graphs",
             "peers": "also time anomalib's STFPM when installed", "iters": "timed iterations",
-            "warmup": "warm-up iterations", "results": "results folder"})
+            "warmup": "warm-up iterations", "results": "results folder",
+            "grid": "also time every distinct architecture of this grid (layers, pooling, teachers...)",
+            "set": "FIELD=VALUE[,...] applied to every variant"})
 def timing(c, device="cpu", variants=None, batch_sizes=None, precisions=None, scopes=None, compile=False,
-           channels_last=False, cuda_graphs=False, peers=True, iters=None, warmup=None, results="results"):
+           channels_last=False, cuda_graphs=False, peers=True, iters=None, warmup=None, results="results",
+           grid=None, set=None):
     """Latency and throughput of each variant; one record per measurement in results/timing/."""
+    from bench.grid import parse_overrides
     from bench.timing import run_timing
-    run_timing(device=device, variants=_csv(variants), batch_sizes=_csv(batch_sizes, int),
+    run_timing(grid=grid, overrides=parse_overrides(_csv(set)),device=device, variants=_csv(variants), batch_sizes=_csv(batch_sizes, int),
                precisions=_csv(precisions), scopes=_csv(scopes), compile=compile,
                channels_last=channels_last, cuda_graphs=cuda_graphs, peers=peers,
                iters=int(iters) if iters else None, warmup=int(warmup) if warmup else None,

@@ -96,18 +96,14 @@ def _datasets(spec: dict, data: list[str] | None, categories: list[str] | None) 
     return resolved
 
 
-def expand(spec: dict, data: list[str] | None = None, categories: list[str] | None = None,
-           seeds: list[int] | None = None, epochs: int | None = None, recipe: str | None = None,
-           overrides: dict | None = None) -> list[Job]:
-    """Every (variant x dataset x category x seed) job of the grid, in a stable order."""
-    axes = dict(spec.get("axes", {}))
-    recipes = [recipe] if recipe else axes.pop("recipe", [spec.get("recipe", "quick")])
-    axes.pop("recipe", None)
+def grid_variants(spec: dict, overrides: dict | None = None) -> list[tuple[str, Variant]]:
+    """The grid's distinct variants (base presets x axes), labelled by what the axes set."""
+    axes = {k: v for k, v in spec.get("axes", {}).items() if k != "recipe"}
     fields = {f.name for f in dataclasses.fields(Variant)}
     unknown = [k for k in [*axes, *(overrides or {})] if k not in fields]
     if unknown:
         raise GridError(f"grid {spec['name']!r}: unknown variant fields {unknown}; fields are {sorted(fields)}")
-    variants: dict[str, Variant] = {}
+    variants: dict[str, tuple[str, Variant]] = {}
     for base in spec.get("variants", ["reduced"]):
         for combo in itertools.product(*axes.values()) if axes else [()]:
             changes = {**dict(zip(axes, combo)), **(overrides or {})}
@@ -117,12 +113,21 @@ def expand(spec: dict, data: list[str] | None = None, categories: list[str] | No
                 raise GridError(f"grid {spec['name']!r}: {base} with {changes}: {err}") from err
             label = base + "".join(f" {k}={_short(val)}" for k, val in zip(axes, combo))
             variants.setdefault(v.key, (label, v))
+    return list(variants.values())
+
+
+def expand(spec: dict, data: list[str] | None = None, categories: list[str] | None = None,
+           seeds: list[int] | None = None, epochs: int | None = None, recipe: str | None = None,
+           overrides: dict | None = None) -> list[Job]:
+    """Every (variant x dataset x category x seed) job of the grid, in a stable order."""
+    recipes = [recipe] if recipe else spec.get("axes", {}).get("recipe", [spec.get("recipe", "quick")])
+    variants = grid_variants(spec, overrides)
     jobs = []
     for path, cats in _datasets(spec, data, categories):
         for cat in cats:
             for seed in seeds or spec.get("seeds", [0]):
                 for rec in recipes:
-                    for label, v in variants.values():
+                    for label, v in variants:
                         jobs.append(Job(label, v, str(path), cat, int(seed), rec, epochs))
     return jobs
 

