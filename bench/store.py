@@ -15,6 +15,7 @@ def write_json_atomic(path: str | Path, obj: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; records are meant to be shared
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, sort_keys=False, default=str)
             f.flush()

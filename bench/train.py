@@ -111,8 +111,10 @@ def fit(detector: Detector, train_images: torch.Tensor, val_images: torch.Tensor
         opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     bs = recipe.batch_size
     steps = math.ceil(len(train_images) / bs)
+    # OneCycle from the recipe's lr up to its max_lr (div_factor sets the starting point)
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.onecycle_max_lr, epochs=epochs,
-                                                 steps_per_epoch=steps) if recipe.onecycle_max_lr else None)
+                                                 steps_per_epoch=steps, div_factor=recipe.onecycle_max_lr / recipe.lr)
+             if recipe.onecycle_max_lr else None)
     train_cache = _cache_teacher(detector, train_images, bs, device) if cache_teacher else None
     val_cache = _cache_teacher(detector, val_images, bs, device) if cache_teacher else None
     gen = torch.Generator().manual_seed(seed)

@@ -106,3 +106,9 @@ def test_submitit_executor_runs_array_jobs(tiny, tmp_path):
     assert list(outcomes.values()) == ["ok"] * 3
     assert len(list((tmp_path / "res" / "runs").rglob("*.json"))) == 3
     assert list((tmp_path / "logs").glob("*_log.out"))
+
+
+def test_records_are_written_readable_by_others(tmp_path):
+    from bench.store import write_json_atomic
+    p = write_json_atomic(tmp_path / "a" / "r.json", {"x": 1})
+    assert p.stat().st_mode & 0o644 == 0o644 and not list(tmp_path.rglob("*.tmp"))

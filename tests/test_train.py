@@ -45,3 +45,8 @@ def test_recipes():
     assert get_recipe("official").onecycle_max_lr == 4e-3
     with pytest.raises(KeyError):
         get_recipe("fast")
+
+
+def test_official_recipe_runs_onecycle_from_its_lr():
+    s = tiny_fit(recipe="official", epochs=1)
+    assert len(s.train_loss) == 1 and s.train_loss[0] > 0
