@@ -69,6 +69,7 @@ def runs_frame(records: list[dict], datasets: list[str] | None = None) -> pd.Dat
             continue
         v = r["variant"]
         rows.append({"method": r["method"], "variant_name": r["variant_name"], "variant_key": r["variant_key"],
+                     "arch_key": variant_from_fields(v).arch_key,
                      "dataset": r["dataset"], "category": r["category"], "seed": r["seed"],
                      "recipe": f"{r['recipe']}/{r['epochs']}ep", "teachers": teachers_label(v),
                      **{f"v.{k}": (tuple(val) if isinstance(val, list) else val) for k, val in v.items()},
@@ -374,8 +375,7 @@ def speed_vs_accuracy(records, timing, scope="map", batch_size=1, precision="fp3
     runs = runs_frame(records)
     points = []
     if not runs.empty:
-        runs = runs.assign(arch=[variant_from_fields(_fields(row)).arch_key for _, row in runs.iterrows()])
-        for (ds, arch), g in runs[runs.arch.isin(speed)].groupby(["dataset", "arch"]):
+        for (ds, arch), g in runs[runs.arch_key.isin(speed)].groupby(["dataset", "arch_key"]):
             points.append((ds, float(speed[arch]), float(g.image_auroc.mean()),
                            f"{g.variant_name.iloc[0]} ({g.teachers.iloc[0]})"))
     if not points:
@@ -395,10 +395,6 @@ def speed_vs_accuracy(records, timing, scope="map", batch_size=1, precision="fp3
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def _fields(row) -> dict:
-    return {k[2:]: (list(v) if isinstance(v, tuple) else v) for k, v in row.items() if k.startswith("v.")}
 
 
 def ablation_plot(records, base: str, axis: str, metric: str = "image_auroc", kind: str = "line"):

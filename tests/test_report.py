@@ -88,6 +88,13 @@ def test_table3_timing_and_ratios(results):
     assert r["reduced / stpm"].iloc[0] > 0
 
 
+def test_speed_vs_accuracy_matches_runs_to_timed_architectures(results):
+    fig = report.speed_vs_accuracy(report.load_runs(results), report.load_timing(results))
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert any(lab.startswith("reduced") for lab in labels)  # reduced was run and timed
+    assert not any(lab.startswith("mixed") for lab in labels)  # mixed was run, never timed
+
+
 def test_pareto_front():
     assert report.pareto_front([(1, 1), (2, 0.5), (0.5, 0.9), (2, 1)]) == [3]
     assert sorted(report.pareto_front([(1, 2), (2, 1)])) == [0, 1]
