@@ -125,10 +125,11 @@ def table1_layers(records, datasets=None) -> pd.DataFrame:
     df = select(runs_frame(records, datasets), "reduced", free=("layers",))
     if df.empty:
         return pd.DataFrame({"status": [NOT_RUN]})
-    df = df.assign(levels=df["v.layers"].map(lambda t: "levels " + "+".join(map(str, t))))
+    order = ["levels " + _label(v) for v in sorted(df["v.layers"].unique(), key=_axis_order)]
+    df = df.assign(levels=df["v.layers"].map(lambda t: "levels " + _label(t)))
     # dataset mean over its categories per seed, then mean ± CI over seeds
     per_seed = df.groupby(["dataset", "teachers", "recipe", "levels", "seed"])["image_auroc"].mean().reset_index()
-    return _pivot(per_seed, ["dataset", "teachers", "recipe"], ["levels"], "image_auroc")
+    return _pivot(per_seed, ["dataset", "teachers", "recipe"], ["levels"], "image_auroc")[order]
 
 
 def _method_table(records, methods, metric, datasets, paper_table, paper_col, family="mvtec") -> pd.DataFrame:
@@ -216,7 +217,9 @@ def table3_timing(timing: list[dict], scope: str = "map", batch_size: int = 1, p
         for measure, col, fmt in (("FPS", "images_per_s", "{:.1f}"), ("latency (ms)", "median_ms", "{:.1f}")):
             rows.append({"device": device, "run": run, "measure": measure,
                          **{n: fmt.format(v) for n, v in zip(g["name"], g[col])}})
-    return pd.DataFrame(rows).set_index(["device", "run", "measure"]).fillna(NOT_RUN)
+    table = pd.DataFrame(rows).set_index(["device", "run", "measure"]).fillna(NOT_RUN)
+    preferred = [n for n in ("reduced", "stpm", "mixed", "anomalib-stfpm") if n in table.columns]
+    return table[preferred + sorted(c for c in table.columns if c not in preferred)]
 
 
 def timing_ratios(timing: list[dict], scope: str = "map") -> pd.DataFrame:
@@ -238,16 +241,24 @@ def timing_ratios(timing: list[dict], scope: str = "map") -> pd.DataFrame:
         if "mixed" in ips and "reduced" in ips:
             row["mixed / reduced"] = ips["mixed"] / ips["reduced"]
         out.append(row)
-    return pd.DataFrame(out)
+    return pd.DataFrame(out).round(2)
 
 
 def ablation_table(records, base: str, axes: tuple[str, ...], metric="image_auroc", datasets=None) -> pd.DataFrame:
     df = select(runs_frame(records, datasets), base, free=axes)
     if df.empty:
         return pd.DataFrame({"status": [NOT_RUN]})
-    df = df.assign(**{a: df[f"v.{a}"].map(lambda x: "+".join(map(str, x)) if isinstance(x, tuple) else x)
-                      for a in axes})
+    df = df.assign(**{a: df[f"v.{a}"].map(lambda x, a=a: f"{a}={_label(x)}") for a in axes})
     return _pivot(df, ["dataset", "category", "teachers", "recipe"], list(axes), metric)
+
+
+def _label(value) -> str:
+    return "+".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _axis_order(value):
+    """Layer tuples by length then levels (the paper's 1+2, 2+3 before 0+1+2+3); others as they sort."""
+    return (len(value), value) if isinstance(value, tuple) else (0, (str(type(value)), value))
 
 
 def provenance(records, timing) -> pd.DataFrame:
@@ -405,22 +416,24 @@ def ablation_plot(records, base: str, axis: str, metric: str = "image_auroc", ki
     if df.empty:
         ax.text(0.5, 0.5, NOT_RUN, ha="center")
         return fig
-    df = df.assign(x=df[f"v.{axis}"].map(lambda x: "+".join(map(str, x)) if isinstance(x, tuple) else x))
+    values = sorted(df[f"v.{axis}"].unique(), key=_axis_order)
+    xs = [_label(v) for v in values]
+    df = df.assign(x=df[f"v.{axis}"].map(_label))
     groups = list(df.groupby(["dataset", "category", "teachers"]))
-    xs = sorted(df.x.unique(), key=lambda v: (isinstance(v, str), v))
     width = 0.8 / max(1, len(groups))
     for gi, ((ds, cat, teachers), g) in enumerate(groups):
         stats_ = g.groupby("x")[metric].agg(["mean", lambda s: ci95(s)])
         stats_ = stats_.reindex(xs)
         means, cis = stats_["mean"].values * 100, np.nan_to_num(stats_.iloc[:, 1].values * 100)
-        label = f"{ds}/{cat}" if ds == cat or cat == ds else f"{ds}/{cat}"
+        label = ds if ds == cat else f"{ds}/{cat}"
         if kind == "line":
             ax.errorbar(range(len(xs)), means, yerr=cis, marker="o", capsize=3, label=label)
         else:
             ax.bar(np.arange(len(xs)) + gi * width, means, width, yerr=cis, capsize=3, label=label)
     ax.set_xticks(np.arange(len(xs)) + (0 if kind == "line" else width * (len(groups) - 1) / 2))
     ax.set_xticklabels([str(x) for x in xs])
-    ax.set(xlabel=axis, ylabel=f"{metric.replace('_', ' ')} (%)", title=f"{base}: {metric} vs {axis} (mean ± 95 % CI)")
+    ax.set(xlabel=axis, ylabel=f"{metric.replace('_', ' ')} (%)", title=f"{base}: {metric} vs {axis} (mean ± 95 % CI)",
+           ylim=(50 if "auroc" in metric else 0, 100))
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
