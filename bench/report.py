@@ -290,11 +290,11 @@ def is_canonical(record: dict) -> bool:
 
 
 def gallery_picks(records, datasets=None, path_part: str = "") -> list[dict]:
-    """Runs with kept example maps: one per dataset, category and method (the method's preset
-    first, MixedTeacher first), or those whose path contains PATH_PART."""
+    """Runs with kept example maps: one per dataset, category and method's preset (MixedTeacher
+    first), or every run whose path contains PATH_PART."""
     picks = [r for r in ok_records(records) if r.get("examples") and (not datasets or r["dataset"] in datasets)
-             and (path_part in r["_path"] if path_part else True)]
-    picks.sort(key=lambda r: (r["dataset"], r["category"], r["method"] != "mixed", not is_canonical(r), r["method"]))
+             and (path_part in r["_path"] if path_part else is_canonical(r))]
+    picks.sort(key=lambda r: (r["dataset"], r["category"], r["method"] != "mixed", r["method"]))
     if path_part:
         return picks
     seen, out = set(), []
