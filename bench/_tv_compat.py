@@ -12,7 +12,7 @@ def install() -> None:
     except (AttributeError, RuntimeError):
         pass
     try:
-        import torchvision  # noqa: F401
+        import torchvision  # noqa: F401 - the import itself is the check
         return
     except RuntimeError as err:
         if "torchvision::nms" not in str(err):

@@ -82,7 +82,6 @@ def test_sigkill_mid_grid_then_rerun_completes_without_loss_or_duplicates(tiny, 
 
 @pytest.mark.slow
 def test_a_failing_job_is_recorded_and_the_grid_goes_on(tiny, tmp_path):
-    from bench.variants import create_variant  # noqa: F401 - the grid builds variants itself
     broken = tmp_path / "data"
     import shutil
     shutil.copytree(tiny, broken)
