@@ -1,6 +1,7 @@
 """What a record must say about where it came from: software, hardware, git revision."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import lru_cache
@@ -20,7 +21,8 @@ def git_revision() -> str:
                                capture_output=True, text=True).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        # a copy without .git (a GPU node given a working tree, an sdist) can be told its revision
+        return os.environ.get("BENCH_GIT_REVISION", "unknown")
 
 
 @lru_cache

@@ -65,25 +65,20 @@ def _to_float(x: torch.Tensor, device) -> torch.Tensor:
 
 
 def _cache_teacher(detector: Detector, images: torch.Tensor, batch: int, device) -> list:
-    """Per batch-sized chunk, the frozen teachers' features in half precision on the host."""
-    chunks = []
+    """The frozen teachers' features of every image, per branch and level, in half precision: on the
+    GPU when training there (a few GB at most), else on the host."""
+    store = device if torch.device(device).type == "cuda" else "cpu"
+    parts = []
     for i in range(0, len(images), batch):
         fts = detector.teacher_features(_to_float(images[i:i + batch], device))
-        chunks.append([[f.half().cpu() for f in ft] for ft in fts])
-    return chunks
+        parts.append([[f.half().to(store) for f in ft] for ft in fts])
+    return [[torch.cat([p[b][level] for p in parts]) for level in range(len(parts[0][b]))]
+            for b in range(len(parts[0]))]
 
 
-def _gather(chunks: list, index: torch.Tensor, batch: int, device) -> list:
-    """Teacher features of the images in `index`, from the chunked cache."""
-    n_branches = len(chunks[0])
-    out = []
-    for b in range(n_branches):
-        layers = []
-        for layer in range(len(chunks[0][b])):
-            rows = [chunks[int(i) // batch][b][layer][int(i) % batch] for i in index]
-            layers.append(torch.stack(rows).to(device).float())
-        out.append(layers)
-    return out
+def _gather(cache: list, index: torch.Tensor, device) -> list:
+    """Teacher features of the images in `index`, from the cache."""
+    return [[level[index.to(level.device)].to(device).float() for level in branch] for branch in cache]
 
 
 @dataclass
@@ -126,7 +121,7 @@ def fit(detector: Detector, train_images: torch.Tensor, val_images: torch.Tensor
         total = 0.0
         for step, idx in enumerate(torch.randperm(len(train_images), generator=gen).split(bs)):
             x = _to_float(train_images[idx], device)
-            fts = _gather(train_cache, idx, bs, device) if train_cache else None
+            fts = _gather(train_cache, idx, device) if train_cache else None
             loss = detector.loss(x, fts)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch}, step {step + 1} "
@@ -155,8 +150,8 @@ def fit(detector: Detector, train_images: torch.Tensor, val_images: torch.Tensor
 def evaluate_loss(detector: Detector, images: torch.Tensor, cache, bs: int, device) -> float:
     detector.eval()
     total = 0.0
-    for i, idx in enumerate(torch.arange(len(images)).split(bs)):
+    for idx in torch.arange(len(images)).split(bs):
         x = _to_float(images[idx], device)
-        fts = [[f.to(device).float() for f in ft] for ft in cache[i]] if cache else None
+        fts = _gather(cache, idx, device) if cache else None
         total += detector.loss(x, fts).item() * len(idx)
     return total / len(images)
