@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "notebooks"
 ORDER = ("overview", "table1_layers", "table2_reduced", "table3_timing", "table4_mixed", "table5_pixel",
@@ -56,8 +58,17 @@ def write_summary(results: str | Path = "results", datasets: str = "") -> Path:
         ("Table 4 (image AUROC %): MixedTeacher", report.table4_mixed(runs, keep), True),
         ("Table 5 (pixel AUROC %)", report.table5_pixel(runs, keep)["pixel AUROC"], True),
         ("AUPRO % (FPR <= 0.3; the paper reports none)", report.table5_pixel(runs, keep)["AUPRO (FPR <= 0.3; the paper reports none)"], True),
+        ("Table 1 (image AUROC %): feature levels of the reduced student", report.table1_layers(runs, keep), True),
+        ("Pooling on the teacher side (image AUROC %)", report.ablation_table(runs, "reduced", ("pooling",), datasets=keep), True),
+        ("α of Eq. 8 (image AUROC %)", report.ablation_table(runs, "mixed", ("alpha",), datasets=keep), True),
+        ("Readings of the paper's ambiguities (image AUROC %)",
+         report.ablation_table(runs, "mixed", ("student2", "fusion", "score"), datasets=keep), True),
         ("Table 3 (scope `map`, batch 1, fp32; device named per row)", t3, True),
+        ("CUDA throughput (scope `map`, batch 32, fp16 autocast)",
+         report.table3_timing(timing, scope="map", batch_size=32, precision="fp16", device_type="cuda"), True),
         ("Throughput ratios within one timing run (scope `map`)", report.timing_ratios(timing).round(2), False),
+        ("Speed-up of channels_last / torch.compile / CUDA graphs over the plain model (scope `map`)",
+         report.timing_options(timing), True),
         (f"The paper's Table 3 ({report.paper.SOURCE}, anomalib on {report.paper.GPU})", report.paper_table(3), True),
     ]
     lines = ["# Results summary", "",
@@ -65,6 +76,8 @@ def write_summary(results: str | Path = "results", datasets: str = "") -> Path:
              "do not edit. Paper columns are the paper's own numbers (`bench/paper.py`), shown only where "
              "our dataset is the paper's; the rendered notebooks in `results/rendered/` have everything.", ""]
     for title, df, index in sections:
+        if isinstance(df.columns, pd.MultiIndex):  # Markdown has one header row
+            df = df.set_axis([" · ".join(str(p) for p in col if p != "") for col in df.columns], axis=1)
         table = df.reset_index() if index else df
         lines += [f"## {title}", "", table.to_markdown(index=False) if len(df) else "not run", ""]
     out = Path(results) / "SUMMARY.md"

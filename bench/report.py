@@ -200,7 +200,7 @@ def timing_frame(timing: list[dict]) -> pd.DataFrame:
 
 def table3_timing(timing: list[dict], scope: str = "map", batch_size: int = 1, precision: str = "fp32",
                   device_type: str | None = None) -> pd.DataFrame:
-    """FPS and latency per subject from the latest timing run of each device, plain settings."""
+    """FPS and latency per subject and device, plain settings, each subject's latest measurement."""
     df = timing_frame(timing)
     if df.empty:
         return pd.DataFrame({"status": [NOT_RUN + " (no timing records)"]})
@@ -210,16 +210,45 @@ def table3_timing(timing: list[dict], scope: str = "map", batch_size: int = 1, p
         df = df[df.device_type == device_type]
     if df.empty:
         return pd.DataFrame({"status": [NOT_RUN + f" (no {scope} b{batch_size} {precision} records)"]})
-    latest = df.groupby("device_type").run_id.transform("max")
-    df = df[df.run_id == latest]
+    df = _latest(df, ["device_type", "name"])
     rows = []
-    for (device, run), g in df.groupby(["device", "run_id"]):
+    for device, g in df.groupby("device"):
+        runs = ", ".join(sorted(g.run_id.unique()))
         for measure, col, fmt in (("FPS", "images_per_s", "{:.1f}"), ("latency (ms)", "median_ms", "{:.1f}")):
-            rows.append({"device": device, "run": run, "measure": measure,
+            rows.append({"device": device, "runs": runs, "measure": measure,
                          **{n: fmt.format(v) for n, v in zip(g["name"], g[col])}})
-    table = pd.DataFrame(rows).set_index(["device", "run", "measure"]).fillna(NOT_RUN)
+    table = pd.DataFrame(rows).set_index(["device", "runs", "measure"]).fillna(NOT_RUN)
     preferred = [n for n in ("reduced", "stpm", "mixed", "anomalib-stfpm") if n in table.columns]
     return table[preferred + sorted(c for c in table.columns if c not in preferred)]
+
+
+def _latest(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The rows of each KEYS group's most recent run (run ids sort by time)."""
+    return df[df.run_id == df.groupby(keys).run_id.transform("max")]
+
+
+def timing_options(timing: list[dict], scope: str = "map") -> pd.DataFrame:
+    """Speed-up of channels_last, torch.compile and CUDA graphs over the plain model, measured in
+    the same run at the same batch and precision (1.00 = no change)."""
+    df = timing_frame(timing)
+    if df.empty:
+        return pd.DataFrame()
+    df = df[df.scope == scope]
+    plain = df[~df.channels_last & ~df["compile"] & ~df.cuda_graphs]
+    base = {(r.run_id, r.name, r.batch_size, r.precision): r.images_per_s for r in plain.itertuples(index=False)}
+    out = []
+    for r in df[df.channels_last | df["compile"] | df.cuda_graphs].itertuples(index=False):
+        ref = base.get((r.run_id, r.name, r.batch_size, r.precision))
+        if ref:
+            option = " + ".join(n for n, on in (("channels_last", r.channels_last), ("compile", r.compile),
+                                                 ("CUDA graphs", r.cuda_graphs)) if on)
+            out.append({"device": r.device, "run": r.run_id, "subject": r.name, "batch": r.batch_size,
+                        "precision": r.precision, "option": option, "speed-up": r.images_per_s / ref})
+    if not out:
+        return pd.DataFrame()
+    table = pd.DataFrame(out).pivot_table(index=["device", "run", "subject", "batch", "precision"],
+                                          columns="option", values="speed-up")
+    return table.round(2)
 
 
 def timing_ratios(timing: list[dict], scope: str = "map") -> pd.DataFrame:
@@ -240,7 +269,8 @@ def timing_ratios(timing: list[dict], scope: str = "map") -> pd.DataFrame:
             row["stpm / anomalib STFPM"] = ips["stpm"] / ips["anomalib-stfpm"]
         if "mixed" in ips and "reduced" in ips:
             row["mixed / reduced"] = ips["mixed"] / ips["reduced"]
-        out.append(row)
+        if len(row) > 4:  # a run without a pair to compare (one subject timed alone) has no ratio
+            out.append(row)
     return pd.DataFrame(out).round(2)
 
 
@@ -294,7 +324,8 @@ def gallery_picks(records, datasets=None, path_part: str = "") -> list[dict]:
     first), or every run whose path contains PATH_PART."""
     picks = [r for r in ok_records(records) if r.get("examples") and (not datasets or r["dataset"] in datasets)
              and (path_part in r["_path"] if path_part else is_canonical(r))]
-    picks.sort(key=lambda r: (r["dataset"], r["category"], r["method"] != "mixed", r["method"]))
+    # the longest-trained run of each method first: it shows what the method can do
+    picks.sort(key=lambda r: (r["dataset"], r["category"], r["method"] != "mixed", r["method"], -r["epochs"]))
     if path_part:
         return picks
     seen, out = set(), []
@@ -370,40 +401,44 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def speed_vs_accuracy(records, timing, scope="map", batch_size=1, precision="fp32"):
-    """Throughput (timing records) against image AUROC (run records) per variant, Pareto front
-    marked. A run and a timing record match when their architectures match (Variant.arch_key):
-    speed does not depend on the weights or on evaluation-time readings."""
+    """Throughput (timing records) against image AUROC (run records) per variant, one panel per
+    timed device, Pareto front marked. A run and a timing record match when their architectures
+    match (Variant.arch_key): speed does not depend on the weights or on evaluation-time readings."""
     plt = _plt()
     t = timing_frame(timing)
-    fig, ax = plt.subplots(figsize=(7, 5))
+    if not t.empty:
+        t = t[(t.scope == scope) & (t.batch_size == batch_size) & (t.precision == precision) & ~t.channels_last
+              & ~t["compile"] & ~t.cuda_graphs & t.arch_key.notna()]
     if t.empty:
+        fig, ax = plt.subplots(figsize=(7, 5))
         ax.text(0.5, 0.5, NOT_RUN + " (no timing records)", ha="center")
         return fig
-    t = t[(t.scope == scope) & (t.batch_size == batch_size) & (t.precision == precision) & ~t.channels_last
-          & ~t["compile"] & ~t.cuda_graphs & t.arch_key.notna()]
-    t = t[t.run_id == t.run_id.max()]
-    speed = dict(zip(t.arch_key, t.images_per_s))
+    t = _latest(t, ["device_type", "arch_key"])
+    devices = sorted(t.device.unique())
+    fig, axes = plt.subplots(1, len(devices), figsize=(7 * len(devices), 5), squeeze=False)
     runs = runs_frame(records)
-    points = []
-    if not runs.empty:
-        for (ds, arch), g in runs[runs.arch_key.isin(speed)].groupby(["dataset", "arch_key"]):
-            points.append((ds, float(speed[arch]), float(g.image_auroc.mean()),
-                           f"{g.variant_name.iloc[0]} ({g.teachers.iloc[0]})"))
-    if not points:
-        ax.text(0.5, 0.5, NOT_RUN + " (no timed architecture has run records)", ha="center")
-        return fig
-    for ds in sorted({p[0] for p in points}):
-        pts = [p for p in points if p[0] == ds]
-        front = set(pareto_front([(x, y) for _, x, y, _ in pts]))
-        sc = ax.scatter([p[1] for p in pts], [p[2] for p in pts], label=ds)
-        for i, (_, x, y, lab) in enumerate(pts):
-            if i in front:
-                ax.scatter([x], [y], marker="*", s=220, facecolors="none", edgecolors=sc.get_facecolor()[0])
-            ax.annotate(lab, (x, y), fontsize=6, xytext=(4, 3), textcoords="offset points")
-    ax.set(xlabel=f"images/s ({t.device.iloc[0]}, scope {scope}, batch {batch_size}, {precision})",
-           ylabel="image AUROC (mean over seeds and categories)",
-           title="speed vs accuracy (☆ = Pareto front within a dataset)")
-    ax.legend(fontsize=8)
+    for ax, device in zip(axes[0], devices):
+        speed = dict(zip(t[t.device == device].arch_key, t[t.device == device].images_per_s))
+        points = []
+        if not runs.empty:
+            for (ds, arch, recipe), g in runs[runs.arch_key.isin(speed)].groupby(["dataset", "arch_key", "recipe"]):
+                points.append((ds, float(speed[arch]), float(g.image_auroc.mean()),
+                               f"{g.variant_name.iloc[0]} ({g.teachers.iloc[0]}, {recipe})"))
+        if not points:
+            ax.text(0.5, 0.5, NOT_RUN + " (no timed architecture has run records)", ha="center")
+            continue
+        for ds in sorted({p[0] for p in points}):
+            pts = [p for p in points if p[0] == ds]
+            front = set(pareto_front([(x, y) for _, x, y, _ in pts]))
+            sc = ax.scatter([p[1] for p in pts], [p[2] for p in pts], label=ds)
+            for i, (_, x, y, lab) in enumerate(pts):
+                if i in front:
+                    ax.scatter([x], [y], marker="*", s=220, facecolors="none", edgecolors=sc.get_facecolor()[0])
+                ax.annotate(lab, (x, y), fontsize=6, xytext=(4, 3), textcoords="offset points")
+        ax.set(xlabel=f"images/s ({device}, scope {scope}, batch {batch_size}, {precision})",
+               ylabel="image AUROC (mean over seeds and categories)",
+               title="speed vs accuracy (☆ = Pareto front within a dataset)")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

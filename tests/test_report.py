@@ -89,6 +89,32 @@ def test_table3_timing_and_ratios(results):
     assert r["reduced / stpm"].iloc[0] > 0
 
 
+def _timing(run_id, name, ips, device="cuda", **options):
+    return {"run_id": run_id, "origin": "ours", "name": name, "method": name, "scope": "map", "batch_size": 1,
+            "precision": "fp32", "channels_last": False, "compile": False, "cuda_graphs": False, **options,
+            "median_ms": 1000 / ips, "p99_ms": 1000 / ips, "images_per_s": ips, "status": "ok",
+            "env": {"device_name": "GPU X", "device": device}, "variant": None, "variant_key": None}
+
+
+def test_table3_takes_each_subjects_latest_measurement_across_runs():
+    timing = [_timing("20260101T000000Z", "reduced", 100.0), _timing("20260101T000000Z", "stpm", 50.0),
+              _timing("20260102T000000Z", "reduced", 120.0), _timing("20260103T000000Z", "mixed", 30.0),
+              _timing("20260104T000000Z", "reduced", 999.0, device="cpu")]
+    t3 = report.table3_timing(timing, device_type="cuda")
+    assert list(t3.columns) == ["reduced", "stpm", "mixed"]  # a later run of one subject hides no other
+    fps = t3.xs("FPS", level="measure").iloc[0]
+    assert (fps["reduced"], fps["stpm"], fps["mixed"]) == ("120.0", "50.0", "30.0")
+
+
+def test_timing_options_are_speedups_over_the_plain_model_of_the_same_run():
+    timing = [_timing("r1", "reduced", 100.0), _timing("r1", "reduced", 150.0, cuda_graphs=True),
+              _timing("r1", "reduced", 80.0, channels_last=True), _timing("r2", "reduced", 400.0, compile=True)]
+    t = report.timing_options(timing)
+    row = t.loc[("GPU X", "r1", "reduced", 1, "fp32")]
+    assert row["CUDA graphs"] == 1.5 and row["channels_last"] == 0.8
+    assert "compile" not in t.columns  # its run has no plain measurement to compare with
+
+
 def test_speed_vs_accuracy_matches_runs_to_timed_architectures(results):
     fig = report.speed_vs_accuracy(report.load_runs(results), report.load_timing(results))
     labels = [t.get_text() for t in fig.axes[0].texts]
