@@ -56,10 +56,11 @@ def variants(c, pattern="*"):
             "force": "recompute jobs that have records", "list": "list the grids",
             "results": "results folder", "weights": "BACKBONE=PATH[,...] local teacher weight files",
             "slurm_partition": "SLURM partition", "max_parallel": "SLURM array concurrency cap",
-            "set": "FIELD=VALUE[,...] applied to every variant, e.g. teacher=tf_efficientnet_lite0"})
+            "set": "FIELD=VALUE[,...] applied to every variant, e.g. teacher=tf_efficientnet_lite0",
+            "jobs_per_device": "local executor: worker processes per device (several small trainings fill a large GPU)"})
 def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, recipe=None, device=None,
            executor="local", dry_run=False, force=False, list=False, results="results", weights=None,
-           slurm_partition=None, max_parallel=8, set=None):
+           slurm_partition=None, max_parallel=8, set=None, jobs_per_device=1):
     """Expand a grid into jobs and run the ones without a record."""
     from bench import grid as grid_mod
     if list or not grid:
@@ -74,7 +75,8 @@ def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, re
         grid_mod.print_plan(jobs, results)
         return
     grid_mod.run_grid(jobs, results=results, device=device or "cpu", executor=executor, force=force,
-                      weights=_weights(weights), slurm_partition=slurm_partition, max_parallel=int(max_parallel))
+                      weights=_weights(weights), slurm_partition=slurm_partition, max_parallel=int(max_parallel),
+                      jobs_per_device=int(jobs_per_device))
 
 
 @task(help={"device": "cpu or cuda", "variants": "comma-separated registered variants",

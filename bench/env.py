@@ -14,6 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @lru_cache
 def git_revision() -> str:
+    # a copy of the tree sent to another machine (a GPU node, an sdist) may carry no .git, or a stale
+    # one: whoever sent it can say which commit it is
+    if os.environ.get("BENCH_GIT_REVISION"):
+        return os.environ["BENCH_GIT_REVISION"]
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -21,8 +25,7 @@ def git_revision() -> str:
                                capture_output=True, text=True).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        # a copy without .git (a GPU node given a working tree, an sdist) can be told its revision
-        return os.environ.get("BENCH_GIT_REVISION", "unknown")
+        return "unknown"
 
 
 @lru_cache

@@ -184,7 +184,7 @@ def _cuda_devices(device: str) -> list[str]:
 def run_grid(jobs: list[Job], results: str | Path = "results", device: str = "cpu", executor: str = "local",
              force: bool = False, weights: dict | None = None, slurm_partition: str | None = None,
              max_parallel: int = 8, slurm_folder: str | Path | None = None, submitit_cluster: str | None = None,
-             timeout_min: int = 240) -> dict:
+             timeout_min: int = 240, jobs_per_device: int = 1) -> dict:
     results = str(results)
     _clean_partial_files(results)
     todo = [j for j in jobs if force or not is_done(j, results)]
@@ -197,9 +197,9 @@ def run_grid(jobs: list[Job], results: str | Path = "results", device: str = "cp
         outcomes = _run_submitit(todo, results, device, weights, slurm_partition, max_parallel,
                                  slurm_folder or Path(results) / "slurm", submitit_cluster, timeout_min)
     elif executor == "local":
-        devices = _cuda_devices(device)
+        devices = _cuda_devices(device) * max(1, jobs_per_device)
         if len(devices) > 1:
-            outcomes = _run_multi_gpu(todo, results, devices, weights)
+            outcomes = _run_pool(todo, results, devices, weights)
         else:
             bar = tqdm(todo, desc="grid", unit="job", file=sys.stdout, dynamic_ncols=True)
             for job in bar:
@@ -217,17 +217,35 @@ def run_grid(jobs: list[Job], results: str | Path = "results", device: str = "cp
     return outcomes
 
 
-def _run_multi_gpu(jobs, results, devices, weights) -> dict:
-    """One worker process per visible GPU, each taking the next job."""
+def student_groups(jobs: list[Job]) -> list[list[Job]]:
+    """Jobs that share one trained student (they differ only in evaluation fields), in grid order.
+    A group goes to one worker: the student is trained once and its branch maps are reused."""
+    groups: dict[tuple, list[Job]] = {}
+    for j in jobs:
+        groups.setdefault((j.variant.train_key, j.data, j.category, j.seed, j.recipe, j.n_epochs), []).append(j)
+    return list(groups.values())
+
+
+def _run_group(jobs: list[Job], results: str, device: str, weights: dict | None) -> list[str]:
+    return [run_one(j, results, device, weights) for j in jobs]
+
+
+def _run_pool(jobs, results, devices, weights) -> dict:
+    """One worker process per slot (a GPU, or several slots per GPU: small students leave most of a
+    large GPU idle), each taking the next group of jobs that share a student."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
     ctx = mp.get_context("spawn")
     outcomes = {}
     with ProcessPoolExecutor(len(devices), mp_context=ctx) as pool:
-        futures = {pool.submit(run_one, j, results, devices[i % len(devices)], weights): j
-                   for i, j in enumerate(jobs)}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="grid", unit="job", file=sys.stdout):
-            outcomes[futures[fut].describe()] = fut.result()
+        futures = {pool.submit(_run_group, g, results, devices[i % len(devices)], weights): g
+                   for i, g in enumerate(student_groups(jobs))}
+        bar = tqdm(total=len(jobs), desc="grid", unit="job", file=sys.stdout)
+        for fut in as_completed(futures):
+            for job, outcome in zip(futures[fut], fut.result()):
+                outcomes[job.describe()] = outcome
+            bar.update(len(futures[fut]))
+        bar.close()
     return outcomes
 
 

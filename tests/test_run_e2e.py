@@ -41,3 +41,13 @@ def test_eval_only_variant_reuses_the_trained_student(synth, tmp_path):
                     str(synth), "grain", epochs=1), tmp_path, progress=False)
     assert not a["train"]["reused_checkpoint"] and b["train"]["reused_checkpoint"]
     assert a["metrics"]["pixel_auroc"] == b["metrics"]["pixel_auroc"]
+
+
+def test_git_revision_can_be_told_by_the_sender(monkeypatch):
+    from bench import env
+    env.git_revision.cache_clear()
+    monkeypatch.setenv("BENCH_GIT_REVISION", "0123abc")
+    try:
+        assert env.git_revision() == "0123abc"
+    finally:
+        env.git_revision.cache_clear()
