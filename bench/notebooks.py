@@ -66,9 +66,9 @@ def write_summary(results: str | Path = "results", datasets: str = "") -> Path:
         ("Table 3 (scope `map`, batch 1, fp32; device named per row)", t3, True),
         ("CUDA throughput (scope `map`, batch 32, fp16 autocast)",
          report.table3_timing(timing, scope="map", batch_size=32, precision="fp16", device_type="cuda"), True),
-        ("Throughput ratios within one timing run (scope `map`)", report.timing_ratios(timing).round(2), False),
+        ("Throughput ratios within one timing run (scope `map`)", report.timing_ratios(timing).round(2).fillna("—"), False),
         ("Speed-up of channels_last / torch.compile / CUDA graphs over the plain model (scope `map`)",
-         report.timing_options(timing), True),
+         report.timing_options(timing).fillna("—"), True),
         (f"The paper's Table 3 ({report.paper.SOURCE}, anomalib on {report.paper.GPU})", report.paper_table(3), True),
     ]
     lines = ["# Results summary", "",

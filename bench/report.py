@@ -371,23 +371,30 @@ def gallery(record: dict, max_rows: int = 4):
 
 
 def roc_curves(records, dataset: str, category: str, seed: int = 0):
+    """Image ROC of each method's preset runs (any teachers, recipe or image-score rule: the demo
+    scores by max), one curve per variant and recipe."""
     from sklearn.metrics import roc_curve
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 4.5))
     shown = 0
+    cell = [r for r in ok_records(records) if r["dataset"] == dataset and r["category"] == category
+            and r["seed"] == seed]
     for m in ("reduced", "stpm", "mixed"):
-        df = select(runs_frame(records), m)
-        df = df[(df.dataset == dataset) & (df.category == category) & (df.seed == seed)] if not df.empty else df
-        for key in (df.variant_key.unique() if not df.empty else []):
-            rec = next(r for r in ok_records(records) if r["variant_key"] == key and r["dataset"] == dataset
-                       and r["category"] == category and r["seed"] == seed)
+        keys = set(select(runs_frame(cell), m, free=("score",)).variant_key) if cell else set()
+        cands = [r for r in cell if r["variant_key"] in keys]
+        preset_score = {(r["recipe"], r["epochs"]) for r in cands if r["variant"]["score"] == PRESETS[m].score}
+        cands = [r for r in cands if r["variant"]["score"] == PRESETS[m].score
+                 or (r["recipe"], r["epochs"]) not in preset_score]  # another score rule only where no preset run
+        for rec in sorted(cands, key=lambda r: r["epochs"]):
             fpr, tpr, _ = roc_curve(rec["test"]["labels"], rec["test"]["scores"])
-            ax.plot(fpr, tpr, label=f"{m} ({teachers_label(rec['variant'])}) AUROC {rec['metrics']['image_auroc']:.3f}")
+            score = "" if rec["variant"]["score"] == PRESETS[m].score else f", score {rec['variant']['score']}"
+            ax.plot(fpr, tpr, label=f"{m} ({teachers_label(rec['variant'])}, {rec['recipe']}/{rec['epochs']}ep{score}) "
+                                    f"AUROC {rec['metrics']['image_auroc']:.3f}")
             shown += 1
     ax.plot([0, 1], [0, 1], ls=":", c="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"image ROC · {dataset}/{category} · seed {seed}")
     if shown:
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=6, loc="lower right")
     else:
         ax.text(0.5, 0.5, NOT_RUN, ha="center")
     fig.tight_layout()

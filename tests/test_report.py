@@ -153,3 +153,10 @@ def test_paper_reference_tables_agree_with_their_printed_means(table, means):
     t, m = getattr(report.paper, table), getattr(report.paper, means)
     for col, printed in m.items():
         assert t[col].mean() == pytest.approx(printed, abs=0.1)
+
+
+def test_roc_curves_show_each_methods_preset_runs_only(results):
+    fig = report.roc_curves(report.load_runs(results), "kolektorsdd", "kolektorsdd", seed=0)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert [lab.split(" ")[0] for lab in labels] == ["reduced", "mixed"]  # alpha/layers variants left out
+    assert all("quick/4ep" in lab and "AUROC" in lab for lab in labels)
