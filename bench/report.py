@@ -279,7 +279,7 @@ def ablation_table(records, base: str, axes: tuple[str, ...], metric="image_auro
     if df.empty:
         return pd.DataFrame({"status": [NOT_RUN]})
     df = df.assign(**{a: df[f"v.{a}"].map(lambda x, a=a: f"{a}={_label(x)}") for a in axes})
-    return _pivot(df, ["dataset", "category", "teachers", "recipe"], list(axes), metric)
+    return _pivot(df, ["dataset", "category", "teachers", "recipe"], list(axes), metric).sort_index(axis=1)
 
 
 def _label(value) -> str:
@@ -461,20 +461,24 @@ def ablation_plot(records, base: str, axis: str, metric: str = "image_auroc", ki
     values = sorted(df[f"v.{axis}"].unique(), key=_axis_order)
     xs = [_label(v) for v in values]
     df = df.assign(x=df[f"v.{axis}"].map(_label))
-    groups = list(df.groupby(["dataset", "category", "teachers"]))
+    groups = list(df.groupby(["dataset", "category", "teachers", "recipe"]))
+    if any(g.x.nunique() > 1 for _, g in groups):  # a recipe run at one axis value only is no curve
+        groups = [(k, g) for k, g in groups if g.x.nunique() > 1]
+    recipes = {k[3] for k, _ in groups}
     width = 0.8 / max(1, len(groups))
-    for gi, ((ds, cat, teachers), g) in enumerate(groups):
+    for gi, ((ds, cat, teachers, recipe), g) in enumerate(groups):
         stats_ = g.groupby("x")[metric].agg(["mean", lambda s: ci95(s)])
         stats_ = stats_.reindex(xs)
         means, cis = stats_["mean"].values * 100, np.nan_to_num(stats_.iloc[:, 1].values * 100)
-        label = ds if ds == cat else f"{ds}/{cat}"
+        label = (ds if ds == cat else f"{ds}/{cat}") + (f" ({recipe})" if len(recipes) > 1 else "")
         if kind == "line":
             ax.errorbar(range(len(xs)), means, yerr=cis, marker="o", capsize=3, label=label)
         else:
             ax.bar(np.arange(len(xs)) + gi * width, means, width, yerr=cis, capsize=3, label=label)
     ax.set_xticks(np.arange(len(xs)) + (0 if kind == "line" else width * (len(groups) - 1) / 2))
     ax.set_xticklabels([str(x) for x in xs])
-    ax.set(xlabel=axis, ylabel=f"{metric.replace('_', ' ')} (%)", title=f"{base}: {metric} vs {axis} (mean ± 95 % CI)",
+    ax.set(xlabel=axis, ylabel=f"{metric.replace('_', ' ')} (%)",
+           title=f"{base}: {metric} vs {axis} (mean ± 95 % CI{', ' + recipes.pop() if len(recipes) == 1 else ''})",
            ylim=(50 if "auroc" in metric else 0, 100))
     ax.legend(fontsize=8)
     fig.tight_layout()

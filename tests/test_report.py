@@ -9,10 +9,10 @@ from bench.timing import run_timing
 from bench.variants import create_variant
 
 
-def fake_record(results, name, dataset, category, seed, rng, status="ok", **overrides):
+def fake_record(results, name, dataset, category, seed, rng, status="ok", recipe="quick", **overrides):
     """A record as run_job writes it, with generated metrics (tests only; never under results/)."""
     v = create_variant(name, **overrides)
-    job = Job(name, v, str(results), category, seed=seed, recipe="quick", dataset=dataset)
+    job = Job(name, v, str(results), category, seed=seed, recipe=recipe, dataset=dataset)
     rec = _base_record(job, "cpu")
     labels = [0, 0, 1, 1]
     if status == "ok":
@@ -160,3 +160,18 @@ def test_roc_curves_show_each_methods_preset_runs_only(results):
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert [lab.split(" ")[0] for lab in labels] == ["reduced", "mixed"]  # alpha/layers variants left out
     assert all("quick/4ep" in lab and "AUROC" in lab for lab in labels)
+
+
+def test_ablation_plot_draws_one_curve_per_recipe_that_varies_the_axis(results, tmp_path):
+    runs = report.load_runs(results)
+    rng = np.random.default_rng(1)
+    paper = [fake_record(tmp_path, "mixed", "kolektorsdd", "kolektorsdd", s, rng, recipe="paper") for s in (0, 1)]
+    for r in paper:
+        r["_path"] = "x"
+    fig = report.ablation_plot(runs + paper, "mixed", "alpha")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["kolektorsdd"]  # the paper-recipe runs sit at one alpha: not a curve, not averaged in
+    quick = [r["metrics"]["image_auroc"] for r in runs if r["status"] == "ok" and r["dataset"] == "kolektorsdd"
+             and r["variant_name"] == "mixed" and r["variant"]["alpha"] == 0.1]
+    ys = fig.axes[0].lines[0].get_ydata()
+    assert len(ys) == 3 and ys[1] == pytest.approx(100 * np.mean(quick))
