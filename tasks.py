@@ -93,7 +93,8 @@ def timing(c, device="cpu", variants=None, batch_sizes=None, precisions=None, sc
     """Latency and throughput of each variant; one record per measurement in results/timing/."""
     from bench.grid import parse_overrides
     from bench.timing import run_timing
-    run_timing(grid=grid, overrides=parse_overrides(_csv(set)),device=device, variants=_csv(variants), batch_sizes=_csv(batch_sizes, int),
+    run_timing(device=device, variants=_csv(variants), grid=grid, overrides=parse_overrides(_csv(set)),
+               batch_sizes=_csv(batch_sizes, int),
                precisions=_csv(precisions), scopes=_csv(scopes), compile=compile,
                channels_last=channels_last, cuda_graphs=cuda_graphs, peers=peers,
                iters=int(iters) if iters else None, warmup=int(warmup) if warmup else None,

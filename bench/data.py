@@ -119,6 +119,11 @@ def _open(path: Path, mode: str) -> Image.Image:
         raise DataError(f"{path}: corrupt or unreadable image ({err})") from err
 
 
+def to_unit_float(images: torch.Tensor, device) -> torch.Tensor:
+    """uint8 images from load_images as float32 in [0, 1] on DEVICE."""
+    return images.to(device, non_blocking=True).float().div_(255)
+
+
 def load_images(samples: list[Sample], size: int) -> torch.Tensor:
     """uint8 tensor (N, 3, size, size); grayscale images are repeated over three channels."""
     out = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bench.data import to_unit_float
 from bench.detector import BRANCH_NAMES, Detector
 from bench.metrics import all_metrics
 
@@ -23,7 +24,7 @@ def branch_maps(detector: Detector, images: torch.Tensor, device="cpu", batch_si
     """Each branch's map over the whole test set, on the host. Everything after this point depends
     only on evaluation-time fields (fusion, blur, score), so sibling variants can share it."""
     detector.eval().to(device)
-    chunks = [detector.branch_maps(images[i:i + batch_size].to(device).float().div_(255))
+    chunks = [detector.branch_maps(to_unit_float(images[i:i + batch_size], device))
               for i in range(0, len(images), batch_size)]
     return [torch.cat([c[b].cpu() for c in chunks]) for b in range(len(detector.branches))]
 

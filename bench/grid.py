@@ -222,24 +222,36 @@ def student_groups(jobs: list[Job]) -> list[list[Job]]:
     A group goes to one worker: the student is trained once and its branch maps are reused."""
     groups: dict[tuple, list[Job]] = {}
     for j in jobs:
-        groups.setdefault((j.variant.train_key, j.data, j.category, j.seed, j.recipe, j.n_epochs), []).append(j)
+        groups.setdefault(j.student_key, []).append(j)
     return list(groups.values())
 
 
-def _run_group(jobs: list[Job], results: str, device: str, weights: dict | None) -> list[str]:
-    return [run_one(j, results, device, weights) for j in jobs]
+# Each pool worker claims one device slot when it starts and keeps it: a group of jobs runs where
+# its worker lives, so no two workers crowd one GPU while another idles.
+_WORKER_DEVICE: str | None = None
+
+
+def _claim_device(slots) -> None:
+    global _WORKER_DEVICE
+    _WORKER_DEVICE = slots.get()
+
+
+def _run_group(jobs: list[Job], results: str, weights: dict | None) -> list[str]:
+    return [run_one(j, results, _WORKER_DEVICE, weights) for j in jobs]
 
 
 def _run_pool(jobs, results, devices, weights) -> dict:
-    """One worker process per slot (a GPU, or several slots per GPU: small students leave most of a
-    large GPU idle), each taking the next group of jobs that share a student."""
+    """One worker process per device slot (several slots per GPU where asked: small students leave
+    most of a large GPU idle), each taking the next group of jobs that share a student."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
     ctx = mp.get_context("spawn")
+    slots = ctx.Queue()
+    for d in devices:
+        slots.put(d)
     outcomes = {}
-    with ProcessPoolExecutor(len(devices), mp_context=ctx) as pool:
-        futures = {pool.submit(_run_group, g, results, devices[i % len(devices)], weights): g
-                   for i, g in enumerate(student_groups(jobs))}
+    with ProcessPoolExecutor(len(devices), mp_context=ctx, initializer=_claim_device, initargs=(slots,)) as pool:
+        futures = {pool.submit(_run_group, g, results, weights): g for g in student_groups(jobs)}
         bar = tqdm(total=len(jobs), desc="grid", unit="job", file=sys.stdout)
         for fut in as_completed(futures):
             for job, outcome in zip(futures[fut], fut.result()):

@@ -198,14 +198,18 @@ def timing_frame(timing: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _is_plain(df: pd.DataFrame) -> pd.Series:
+    """Rows timed without channels_last, torch.compile or CUDA graphs."""
+    return ~df.channels_last & ~df["compile"] & ~df.cuda_graphs
+
+
 def table3_timing(timing: list[dict], scope: str = "map", batch_size: int = 1, precision: str = "fp32",
                   device_type: str | None = None) -> pd.DataFrame:
     """FPS and latency per subject and device, plain settings, each subject's latest measurement."""
     df = timing_frame(timing)
     if df.empty:
         return pd.DataFrame({"status": [NOT_RUN + " (no timing records)"]})
-    df = df[(df.scope == scope) & (df.batch_size == batch_size) & (df.precision == precision)
-            & ~df.channels_last & ~df["compile"] & ~df.cuda_graphs]
+    df = df[(df.scope == scope) & (df.batch_size == batch_size) & (df.precision == precision) & _is_plain(df)]
     if device_type:
         df = df[df.device_type == device_type]
     if df.empty:
@@ -234,10 +238,10 @@ def timing_options(timing: list[dict], scope: str = "map") -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame()
     df = df[df.scope == scope]
-    plain = df[~df.channels_last & ~df["compile"] & ~df.cuda_graphs]
-    base = {(r.run_id, r.name, r.batch_size, r.precision): r.images_per_s for r in plain.itertuples(index=False)}
+    plain = _is_plain(df)
+    base = {(r.run_id, r.name, r.batch_size, r.precision): r.images_per_s for r in df[plain].itertuples(index=False)}
     out = []
-    for r in df[df.channels_last | df["compile"] | df.cuda_graphs].itertuples(index=False):
+    for r in df[~plain].itertuples(index=False):
         ref = base.get((r.run_id, r.name, r.batch_size, r.precision))
         if ref:
             option = " + ".join(n for n, on in (("channels_last", r.channels_last), ("compile", r.compile),
@@ -256,7 +260,7 @@ def timing_ratios(timing: list[dict], scope: str = "map") -> pd.DataFrame:
     df = timing_frame(timing)
     if df.empty:
         return pd.DataFrame()
-    df = df[(df.scope == scope) & ~df.channels_last & ~df["compile"] & ~df.cuda_graphs]
+    df = df[(df.scope == scope) & _is_plain(df)]
     out = []
     for (run, bs, prec), g in df.groupby(["run_id", "batch_size", "precision"]):
         ips = dict(zip(g["name"], g["images_per_s"]))
@@ -414,8 +418,8 @@ def speed_vs_accuracy(records, timing, scope="map", batch_size=1, precision="fp3
     plt = _plt()
     t = timing_frame(timing)
     if not t.empty:
-        t = t[(t.scope == scope) & (t.batch_size == batch_size) & (t.precision == precision) & ~t.channels_last
-              & ~t["compile"] & ~t.cuda_graphs & t.arch_key.notna()]
+        t = t[(t.scope == scope) & (t.batch_size == batch_size) & (t.precision == precision) & _is_plain(t)
+              & t.arch_key.notna()]
     if t.empty:
         fig, ax = plt.subplots(figsize=(7, 5))
         ax.text(0.5, 0.5, NOT_RUN + " (no timing records)", ha="center")

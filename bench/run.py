@@ -41,6 +41,12 @@ class Job:
         return self.epochs if self.epochs is not None else get_recipe(self.recipe).epochs_for(self.variant.method)
 
     @property
+    def student_key(self) -> tuple:
+        """Jobs with equal keys train the same student (they differ only in evaluation fields)."""
+        return (self.variant.train_key, str(Path(self.data).resolve()), self.category, self.seed, self.recipe,
+                self.n_epochs)
+
+    @property
     def dataset_name(self) -> str:
         return self.dataset or Path(self.data).resolve().name
 
@@ -143,8 +149,7 @@ def run_job(job: Job, results: str | Path = "results", device: str = "cpu",
     record = _base_record(job, device)
     seed_everything(job.seed)  # the students' initial weights belong to the run's seed
     detector = build_detector(job.variant, weights)
-    key = (job.variant.train_key, str(Path(job.data).resolve()), job.category, job.seed, job.recipe,
-           job.n_epochs, str(Path(results).resolve()))
+    key = (job.student_key, str(Path(results).resolve()))
     if _LAST.get("key") != key:
         _LAST.clear()
         split = data_mod.load_split(job.data, job.category)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bench.data import to_unit_float
 from bench.detector import Detector
 
 
@@ -60,17 +61,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _to_float(x: torch.Tensor, device) -> torch.Tensor:
-    return x.to(device, non_blocking=True).float().div_(255)
-
-
 def _cache_teacher(detector: Detector, images: torch.Tensor, batch: int, device) -> list:
     """The frozen teachers' features of every image, per branch and level, in half precision: on the
     GPU when training there (a few GB at most), else on the host."""
     store = device if torch.device(device).type == "cuda" else "cpu"
     parts = []
     for i in range(0, len(images), batch):
-        fts = detector.teacher_features(_to_float(images[i:i + batch], device))
+        fts = detector.teacher_features(to_unit_float(images[i:i + batch], device))
         parts.append([[f.half().to(store) for f in ft] for ft in fts])
     return [[torch.cat([p[b][level] for p in parts]) for level in range(len(parts[0][b]))]
             for b in range(len(parts[0]))]
@@ -120,7 +117,7 @@ def fit(detector: Detector, train_images: torch.Tensor, val_images: torch.Tensor
         detector.train()
         total = 0.0
         for step, idx in enumerate(torch.randperm(len(train_images), generator=gen).split(bs)):
-            x = _to_float(train_images[idx], device)
+            x = to_unit_float(train_images[idx], device)
             fts = _gather(train_cache, idx, device) if train_cache else None
             loss = detector.loss(x, fts)
             if not torch.isfinite(loss):
@@ -151,7 +148,7 @@ def evaluate_loss(detector: Detector, images: torch.Tensor, cache, bs: int, devi
     detector.eval()
     total = 0.0
     for idx in torch.arange(len(images)).split(bs):
-        x = _to_float(images[idx], device)
+        x = to_unit_float(images[idx], device)
         fts = _gather(cache, idx, device) if cache else None
         total += detector.loss(x, fts).item() * len(idx)
     return total / len(images)

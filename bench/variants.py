@@ -76,7 +76,7 @@ class Variant:
     @property
     def arch_key(self) -> str:
         """Key of what inference cost depends on: not the weights, not the evaluation-time readings."""
-        skip = (*EVAL_ONLY_FIELDS, "teacher_init", "teacher2_init", "alpha", "score")
+        skip = (*EVAL_ONLY_FIELDS, "teacher_init", "teacher2_init", "alpha")
         return _digest({k: v for k, v in self.fields().items() if k not in skip})
 
     def describe(self) -> str:
