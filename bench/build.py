@@ -14,7 +14,7 @@ def build_detector(variant: Variant, weights: dict[str, str] | None = None) -> D
         branches.append(Branch(Teacher(variant.teacher2, variant.layers2, variant.teacher2_init, weights),
                                variant.student2, pooling=False))
     return Detector(branches, alpha=variant.alpha, fusion=variant.fusion, score=variant.score,
-                    blur_sigma=variant.blur_sigma)
+                    blur_sigma=variant.blur_sigma, map_weighting=variant.map_weighting)
 
 
 def teacher_sources(detector: Detector) -> list[dict]:

@@ -15,6 +15,9 @@ from bench.students import build_student
 FUSIONS = ("minmax", "l2rows")
 BRANCH_NAMES = ("main", "aux")
 SCORES = ("sum", "max")
+# How Eq. 9-10 weigh the levels: `plain` sums them (the paper); `area` divides each level's map by
+# its h*w first (the official MixedTeacher code, so a coarse level outweighs a fine one).
+MAP_WEIGHTINGS = ("plain", "area")
 
 
 def layer_distance(ft: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
@@ -25,14 +28,22 @@ def layer_distance(ft: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
 
 
 def features_loss(fts: list[torch.Tensor], fss: list[torch.Tensor]) -> torch.Tensor:
-    """Eq. 3-4 / 6-7: mean over positions, sum over layers, mean over the batch."""
-    return sum(layer_distance(t, s).mean(dim=(1, 2)) for t, s in zip(fts, fss)).mean()
+    """Eq. 3-4 / 6-7 for each image: mean over positions, sum over layers -> (B,). How the batch is
+    reduced is the recipe's choice (`train.reduce_batch`)."""
+    return sum(layer_distance(t, s).mean(dim=(1, 2)) for t, s in zip(fts, fss))
 
 
-def features_map(fts: list[torch.Tensor], fss: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+def features_map(fts: list[torch.Tensor], fss: list[torch.Tensor], size: tuple[int, int],
+                 weighting: str = "plain") -> torch.Tensor:
     """Eq. 9-10: per-layer distance maps upsampled (bilinear) to the input size and summed -> (B,H,W)."""
-    maps = [F.interpolate(layer_distance(t, s).unsqueeze(1), size=size, mode="bilinear",
-                          align_corners=False) for t, s in zip(fts, fss)]
+    if weighting not in MAP_WEIGHTINGS:
+        raise ValueError(f"unknown map weighting {weighting!r}; choose one of {MAP_WEIGHTINGS}")
+    maps = []
+    for t, s in zip(fts, fss):
+        d = layer_distance(t, s)
+        if weighting == "area":
+            d = d / (d.shape[-2] * d.shape[-1])
+        maps.append(F.interpolate(d.unsqueeze(1), size=size, mode="bilinear", align_corners=False))
     return torch.stack(maps).sum(0).squeeze(1)
 
 
@@ -108,13 +119,14 @@ class Detector(nn.Module):
     """Reduced student and STPM have one branch; MixedTeacher has two, the second weighted by alpha."""
 
     def __init__(self, branches: list[Branch], alpha: float = 0.1, fusion: str = "minmax",
-                 score: str = "sum", blur_sigma: float = 4.0):
+                 score: str = "sum", blur_sigma: float = 4.0, map_weighting: str = "plain"):
         super().__init__()
         if not 1 <= len(branches) <= 2:
             raise ValueError("a detector has one branch, or two for MixedTeacher")
         self.branches = nn.ModuleList(branches)
         self.weights = [1.0, alpha][: len(branches)]
         self.fusion, self.score, self.blur_sigma = fusion, score, blur_sigma
+        self.map_weighting = map_weighting
 
     def student_parameters(self):
         return [p for b in self.branches for p in b.student.parameters()]
@@ -124,7 +136,7 @@ class Detector(nn.Module):
             return [b.teacher_features(x) for b in self.branches]
 
     def loss(self, x: torch.Tensor, fts: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
-        """Eq. 8. `fts` may be cached teacher features (the teacher is frozen)."""
+        """Eq. 8 for each image -> (B,). `fts` may be cached teacher features (the teacher is frozen)."""
         fts = fts if fts is not None else self.teacher_features(x)
         return sum(w * features_loss([t.float() for t in ft], b.student_features(x))
                    for w, b, ft in zip(self.weights, self.branches, fts))
@@ -133,7 +145,8 @@ class Detector(nn.Module):
     def branch_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Eq. 9-10 for each branch, before fusion and blur."""
         size = tuple(x.shape[-2:])
-        return [features_map(b.teacher_features(x), b.student_features(x), size) for b in self.branches]
+        return [features_map(b.teacher_features(x), b.student_features(x), size, self.map_weighting)
+                for b in self.branches]
 
     def finish(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 11 (two branches), blur, Eq. 12: branch maps -> (scores, final maps)."""

@@ -21,6 +21,7 @@ from bench.train import fit, get_recipe, seed_everything
 from bench.variants import Variant
 
 SCHEMA_VERSION = 1
+METRIC_SETTINGS = {"aupro_fpr_limit": 0.3, "aupro_connectivity": 4, "aupro_conn8_connectivity": 8}
 N_EXAMPLES = 4          # test images whose maps are kept beside the record (seed 0 only)
 EXAMPLE_SIZE = 128
 
@@ -149,7 +150,8 @@ def run_job(job: Job, results: str | Path = "results", device: str = "cpu",
     record = _base_record(job, device)
     seed_everything(job.seed)  # the students' initial weights belong to the run's seed
     detector = build_detector(job.variant, weights)
-    key = (job.student_key, str(Path(results).resolve()))
+    # branch maps depend on the trained student and on how they weigh the levels
+    key = (job.student_key, job.variant.map_weighting, str(Path(results).resolve()))
     if _LAST.get("key") != key:
         _LAST.clear()
         split = data_mod.load_split(job.data, job.category)
@@ -170,6 +172,7 @@ def run_job(job: Job, results: str | Path = "results", device: str = "cpu",
     record.update({
         "status": "ok",
         "metrics": ev.metrics,
+        "metric_settings": METRIC_SETTINGS,
         "train": _LAST["train"],
         "teachers": teacher_sources(detector),
         "layout": split.layout,

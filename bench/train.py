@@ -3,6 +3,7 @@ checkpoint by validation loss (the 20 % of the training images held out; never t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -28,10 +29,16 @@ class Recipe:
     onecycle_max_lr: float | None = None
     val_fraction: float = 0.2
     max_train_images: int | None = None   # seeded subset of the training split, for CPU budgets
+    # The per-image loss summed over the batch, as STPM, anomalib and the official MixedTeacher code
+    # do: their "SGD lr 0.4" is a step size for that sum. "mean" (our earlier convention) divides
+    # every step by the batch size; it is kept as the named recipes `*-mean`.
+    loss_reduction: str = "sum"
 
     def epochs_for(self, method: str) -> int:
         return int(self.epochs.get(method, self.epochs["default"]))
 
+
+LOSS_REDUCTIONS = ("sum", "mean")
 
 RECIPES = {
     "paper": Recipe("paper", "sgd", 0.4, {"default": 100, "mixed": 200}),
@@ -43,6 +50,9 @@ RECIPES = {
     # The demo's: the paper's optimiser on the small generated set, 12 epochs.
     "demo": Recipe("demo", "sgd", 0.4, {"default": 12}, batch_size=8),
 }
+# The batch-mean reading of each SGD recipe: what every SGD record made before the sum was the default used.
+RECIPES.update({f"{name}-mean": dataclasses.replace(r, name=f"{name}-mean", loss_reduction="mean")
+                for name, r in list(RECIPES.items()) if r.optimizer == "sgd"})
 
 
 def get_recipe(name: str) -> Recipe:
@@ -53,6 +63,15 @@ def get_recipe(name: str) -> Recipe:
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+def reduce_batch(losses: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-image losses (B,) -> the scalar the optimiser steps on."""
+    if reduction == "sum":
+        return losses.sum()
+    if reduction == "mean":
+        return losses.mean()
+    raise ValueError(f"unknown loss reduction {reduction!r}; choose one of {LOSS_REDUCTIONS}")
 
 
 def seed_everything(seed: int) -> None:
@@ -119,7 +138,8 @@ def fit(detector: Detector, train_images: torch.Tensor, val_images: torch.Tensor
         for step, idx in enumerate(torch.randperm(len(train_images), generator=gen).split(bs)):
             x = to_unit_float(train_images[idx], device)
             fts = _gather(train_cache, idx, device) if train_cache else None
-            loss = detector.loss(x, fts)
+            losses = detector.loss(x, fts)
+            loss = reduce_batch(losses, recipe.loss_reduction)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch}, step {step + 1} "
                                        f"(recipe {recipe.name}, lr {recipe.lr}); try a smaller learning rate")
@@ -128,7 +148,7 @@ def fit(detector: Detector, train_images: torch.Tensor, val_images: torch.Tensor
             opt.step()
             if sched:
                 sched.step()
-            total += loss.item() * len(idx)
+            total += losses.detach().sum().item()
         train_curve.append(total / len(train_images))
         val = evaluate_loss(detector, val_images, val_cache, bs, device)
         val_curve.append(val)
@@ -150,5 +170,5 @@ def evaluate_loss(detector: Detector, images: torch.Tensor, cache, bs: int, devi
     for idx in torch.arange(len(images)).split(bs):
         x = to_unit_float(images[idx], device)
         fts = _gather(cache, idx, device) if cache else None
-        total += detector.loss(x, fts).item() * len(idx)
+        total += detector.loss(x, fts).sum().item()
     return total / len(images)

@@ -11,12 +11,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from bench.detector import FUSIONS, SCORES
+from bench.detector import FUSIONS, MAP_WEIGHTINGS, SCORES
 from bench.students import STUDENT_KINDS
 
 METHODS = ("reduced", "stpm", "mixed")
 # Fields that change only evaluation: variants differing in these share one trained student.
-EVAL_ONLY_FIELDS = ("fusion", "score", "blur_sigma")
+EVAL_ONLY_FIELDS = ("fusion", "score", "blur_sigma", "map_weighting")
+# Fields added after records existed: at this value they are left out of the keys, so the keys (and
+# record file names) of every earlier variant stay what they were.
+LATER_FIELDS = {"map_weighting": "plain"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Variant:
     score: str = "sum"                          # Eq. 12 (sum) or max
     blur_sigma: float = 4.0
     image_size: int = 256
+    map_weighting: str = "plain"                # Eq. 9-10: levels summed plainly, or each / (h*w) (official code)
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(v) for v in self.layers))
@@ -50,6 +54,8 @@ class Variant:
                 problems.append(f"{name} {getattr(self, name)!r} not in {STUDENT_KINDS}")
         if self.fusion not in FUSIONS:
             problems.append(f"fusion {self.fusion!r} not in {FUSIONS}")
+        if self.map_weighting not in MAP_WEIGHTINGS:
+            problems.append(f"map_weighting {self.map_weighting!r} not in {MAP_WEIGHTINGS}")
         if self.score not in SCORES:
             problems.append(f"score {self.score!r} not in {SCORES}")
         if not self.layers:
@@ -87,11 +93,12 @@ class Variant:
             aux = f"{self.teacher2}{list(self.layers2)}/{self.student2}"
             if self.teacher2_init != "pretrained":
                 aux += f"({self.teacher2_init})"
-            return f"{main} + {aux} a={self.alpha:g} {self.fusion} {self.score}"
-        return f"{main} {self.score}"
+            main = f"{main} + {aux} a={self.alpha:g} {self.fusion}"
+        return f"{main} {self.score}" + (" area-weighted" if self.map_weighting == "area" else "")
 
 
 def _digest(fields: dict) -> str:
+    fields = {k: v for k, v in fields.items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 

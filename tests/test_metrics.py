@@ -89,3 +89,20 @@ def test_auroc_and_f1():
     masks = np.zeros((2, 2, 2), bool)
     masks[0, 0, 0] = True
     assert pixel_auroc(masks, masks.astype(float)) == 1.0
+
+
+def test_aupro_connectivity_joins_diagonal_pixels_only_at_8():
+    """Two pixels touching at a corner: two regions for MVTec's 4-connectivity, one for anomalib's 8.
+    The map finds one pixel of the pair and the whole block, and puts the other pixel below every
+    background pixel, so PRO stays flat over FPR in [0, 1): 4-conn (1 + 0 + 1)/3, 8-conn (1/2 + 1)/2."""
+    masks = np.zeros((1, 6, 6), bool)
+    masks[0, 0, 0] = masks[0, 1, 1] = True             # diagonal pair
+    masks[0, 4:6, 4:6] = True                           # a 2x2 block
+    maps = np.full((1, 6, 6), 0.5)
+    maps[0, 0, 0] = 1.0
+    maps[0, 1, 1] = -1.0
+    maps[0, 4:6, 4:6] = 1.0
+    four, eight = aupro(masks, maps, connectivity=4), aupro(masks, maps, connectivity=8)
+    assert four == pytest.approx(2 / 3, abs=1e-9) and eight == pytest.approx(3 / 4, abs=1e-9)
+    with pytest.raises(ValueError, match="connectivity"):
+        aupro(masks, maps, connectivity=6)

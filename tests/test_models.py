@@ -64,6 +64,21 @@ def test_loss_mean_over_positions_sum_over_layers_by_hand():
     assert features_loss([ft1, ft2], [fs1, fs2]).item() == pytest.approx(1 / 4 + 2)
 
 
+def test_loss_is_per_image():
+    ft = torch.tensor([[1.0, 0.0], [1.0, 0.0]]).view(2, 2, 1, 1)
+    fs = torch.tensor([[1.0, 0.0], [-1.0, 0.0]]).view(2, 2, 1, 1)   # image 0 equal, image 1 opposite
+    assert features_loss([ft], [fs]).tolist() == pytest.approx([0.0, 2.0])
+
+
+def test_area_weighting_divides_each_level_by_its_size_as_the_official_code():
+    ft = [torch.ones(1, 1, 1, 1), torch.ones(1, 1, 2, 2)]
+    fs = [-torch.ones(1, 1, 1, 1), -torch.ones(1, 1, 2, 2)]          # distance 2 at every position
+    m = features_map(ft, fs, (4, 4), weighting="area")
+    assert torch.allclose(m, torch.full((1, 4, 4), 2 / 1 + 2 / 4))
+    with pytest.raises(ValueError, match="map weighting"):
+        features_map(ft, fs, (4, 4), weighting="nope")
+
+
 def test_map_upsamples_each_layer_and_sums():
     ft = [torch.ones(1, 1, 1, 1), torch.ones(1, 1, 2, 2)]
     fs = [-torch.ones(1, 1, 1, 1), torch.ones(1, 1, 2, 2)]
@@ -110,7 +125,8 @@ def test_mixed_detector_end_to_end_shapes(teachers):
                     Branch(teachers["efficientnet_b0"], "conv", False)], alpha=0.1)
     x = torch.rand(2, 3, 64, 64)
     loss = det.loss(x)
-    loss.backward()
+    assert loss.shape == (2,)
+    loss.sum().backward()
     assert all(p.grad is None for p in det.branches[0].teacher.parameters())
     pred = det.predict(x)
     assert pred.maps.shape == (2, 64, 64) and pred.scores.shape == (2,) and set(pred.parts) == {"main", "aux"}
@@ -125,3 +141,12 @@ def test_alpha_weights_the_second_teacher(teachers):
     for alpha in (0.0, 0.5):
         det = Detector([b1, b2], alpha=alpha)
         assert det.loss(x).item() == pytest.approx((l1 + alpha * l2).item(), rel=1e-5)
+
+
+def test_map_weighting_reaches_the_detector(teachers):
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 64, 64)
+    b = Branch(teachers["resnet18"], "conv", True)
+    plain = Detector([b]).branch_maps(x)[0]
+    area = Detector([b], map_weighting="area").branch_maps(x)[0]
+    assert not torch.allclose(plain, area) and area.max() < plain.max()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bench.build import build_detector
-from bench.train import RECIPES, TrainingDiverged, fit, get_recipe
+from bench.train import RECIPES, TrainingDiverged, fit, get_recipe, reduce_batch
 from bench.variants import create_variant
 
 TINY = dict(teacher_init="random", image_size=64)
@@ -50,3 +50,37 @@ def test_recipes():
 def test_official_recipe_runs_onecycle_from_its_lr():
     s = tiny_fit(recipe="official", epochs=1)
     assert len(s.train_loss) == 1 and s.train_loss[0] > 0
+
+
+@pytest.mark.parametrize("recipe", ["quick", "paper", "demo"])
+def test_default_sgd_recipes_step_on_the_batch_sum_as_stpm(recipe):
+    """A batch of two, one scalar parameter, loss per image (w - a_i)^2: the gradient STPM's code
+    (and anomalib, and the official MixedTeacher code) steps on is the sum 2(w-a_1) + 2(w-a_2)."""
+    w = torch.tensor(1.0, requires_grad=True)
+    a = torch.tensor([0.0, 3.0])
+    reduce_batch((w - a) ** 2, get_recipe(recipe).loss_reduction).backward()
+    assert w.grad.item() == pytest.approx(2 * (1 - 0) + 2 * (1 - 3))   # = -2; the batch mean gives -1
+
+
+def test_batch_mean_is_a_named_reading_with_its_own_records():
+    for name in ("quick", "paper", "demo"):
+        mean = get_recipe(f"{name}-mean")
+        assert mean.loss_reduction == "mean"
+        assert dataclasses.replace(mean, name=name, loss_reduction="sum") == get_recipe(name)
+    assert "official-mean" not in RECIPES          # Adam is scale-invariant: no second reading
+    with pytest.raises(ValueError, match="loss reduction"):
+        reduce_batch(torch.ones(2), "median")
+
+
+def test_sum_steps_batch_size_times_further_than_mean():
+    """One SGD step from the same start: the sum's update is the mean's times the batch size."""
+    def first_step(recipe):
+        torch.manual_seed(0)
+        det = build_detector(create_variant("reduced", **TINY))
+        before = [p.detach().clone() for p in det.student_parameters()]
+        imgs = torch.randint(0, 255, (10, 3, 64, 64), dtype=torch.uint8)
+        one = dataclasses.replace(get_recipe(recipe), momentum=0.0, weight_decay=0.0, batch_size=8)
+        fit(det, imgs[:8], imgs[8:], one, 1, 0, progress=False)
+        return torch.cat([(p.detach() - b).flatten() for p, b in zip(det.student_parameters(), before)])
+    summed, mean = first_step("quick"), first_step("quick-mean")
+    assert torch.allclose(summed, 8 * mean, rtol=1e-3, atol=1e-6)
