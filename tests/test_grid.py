@@ -36,7 +36,7 @@ def test_axes_cover_the_paper(tiny):
     layers = {j.variant.layers for j in expand(load_grid("layers"), data=[str(tiny)])}
     assert {(1, 2), (2, 3), (0, 1, 2, 3)} <= layers
     readings = expand(load_grid("readings"), data=[str(tiny)], categories=["weave"], seeds=[0])
-    assert len(readings) == 8 and len({j.variant.train_key for j in readings}) == 2
+    assert len(readings) == 16 and len({j.variant.train_key for j in readings}) == 2
     recipes = {j.recipe for j in expand(load_grid("recipes"), data=[str(tiny)])}
     assert recipes == {"paper", "official", "quick"}
 
