@@ -80,25 +80,31 @@ def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, re
 
 
 @task(help={"device": "cpu or cuda", "variants": "comma-separated registered variants",
-            "batch_sizes": "comma-separated batch sizes", "precisions": "fp32,fp16,bf16 (CUDA)",
+            "batch_sizes": "comma-separated batch sizes (default CPU 1,8; CUDA 1,8,32,64)",
+            "precisions": "fp32,fp16,bf16 (default CUDA all three, CPU fp32)",
+            "precision_mode": "cast (weights and inputs cast once, as deployed; default) or autocast",
             "scopes": "network,map,end_to_end", "compile": "also time torch.compile",
-            "channels_last": "also time channels_last", "cuda_graphs": "also time CUDA graphs",
-            "peers": "also time anomalib's STFPM when installed", "iters": "timed iterations",
-            "warmup": "warm-up iterations", "results": "results folder",
+            "channels_last": "also time channels_last",
+            "no_cuda_graphs": "CUDA: time eager only (default: CUDA graphs beside eager at batch <= 8)",
+            "peers": "also time anomalib's STFPM when installed", "rounds": "interleaved rounds per cell (>= 2)",
+            "iters": "iterations per round (default: CUDA 50; CPU enough for ~0.4 s)",
+            "warmup": "warm-up iterations", "threads": "CPU threads (default: all cores; recorded)",
+            "map_paths": "lean,exact: which anomaly-map paths to time side by side (default lean)",
+            "results": "results folder",
             "grid": "also time every distinct architecture of this grid (layers, pooling, teachers...)",
             "set": "FIELD=VALUE[,...] applied to every variant"})
-def timing(c, device="cpu", variants=None, batch_sizes=None, precisions=None, scopes=None, compile=False,
-           channels_last=False, cuda_graphs=False, peers=True, iters=None, warmup=None, results="results",
-           grid=None, set=None):
-    """Latency and throughput of each variant; one record per measurement in results/timing/."""
+def timing(c, device="cpu", variants=None, batch_sizes=None, precisions=None, precision_mode="cast", scopes=None,
+           compile=False, channels_last=False, no_cuda_graphs=False, peers=True, rounds=7, iters=None,
+           warmup=None, threads=None, map_paths="lean", results="results", grid=None, set=None):
+    """Latency and throughput: subjects side by side in interleaved rounds; records in results/timing/."""
     from bench.grid import parse_overrides
     from bench.timing import run_timing
     run_timing(device=device, variants=_csv(variants), grid=grid, overrides=parse_overrides(_csv(set)),
-               batch_sizes=_csv(batch_sizes, int),
-               precisions=_csv(precisions), scopes=_csv(scopes), compile=compile,
-               channels_last=channels_last, cuda_graphs=cuda_graphs, peers=peers,
-               iters=int(iters) if iters else None, warmup=int(warmup) if warmup else None,
-               results=results)
+               batch_sizes=_csv(batch_sizes, int), precisions=_csv(precisions), precision_mode=precision_mode,
+               scopes=_csv(scopes), compile=compile, channels_last=channels_last,
+               cuda_graphs=False if no_cuda_graphs else None, peers=peers, rounds=int(rounds),
+               iters=int(iters) if iters else None, warmup=int(warmup) if warmup is not None else None,
+               threads=int(threads) if threads else None, map_paths=tuple(_csv(map_paths)), results=results)
 
 
 @task(help={"results": "results folder", "datasets": "comma-separated datasets to show (default: all)"})

@@ -21,10 +21,21 @@ MAP_WEIGHTINGS = ("plain", "area")
 
 
 def layer_distance(ft: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
-    """Eq. 2 (as STPM): 1/2 squared L2 distance of channel-normalised features, per position -> (B,H,W)."""
+    """Eq. 2 (as STPM): 1/2 squared L2 distance of channel-normalised features, per position -> (B,H,W).
+
+    Computed as 1 - cos from three channel reductions (0.5 * |ft/|ft| - fs/|fs||^2 expands to
+    0.5 * (|f^t|^2 + |f^s|^2) - cos), accumulated in fp32 whatever the input's dtype, instead of two
+    normalised copies of both tensors. The squared unit norms keep F.normalize's behaviour on a zero
+    vector (eps 1e-12), so the value equals the textbook form, not only its common case."""
     if ft.shape != fs.shape:
         raise ValueError(f"teacher features {tuple(ft.shape)} and student features {tuple(fs.shape)} differ")
-    return 0.5 * (F.normalize(ft, dim=1) - F.normalize(fs, dim=1)).pow(2).sum(1)
+    acc = torch.promote_types(ft.dtype, torch.float32)
+    nt = torch.linalg.vector_norm(ft, dim=1, dtype=acc)
+    ns = torch.linalg.vector_norm(fs, dim=1, dtype=acc)
+    dot = (ft * fs).sum(1, dtype=acc)
+    rt, rs = nt.clamp_min(1e-12), ns.clamp_min(1e-12)
+    # rounding can take identical vectors a hair below 0, where the textbook form cannot go
+    return (0.5 * ((nt / rt).square() + (ns / rs).square()) - dot / (rt * rs)).clamp_min(0)
 
 
 def features_loss(fts: list[torch.Tensor], fss: list[torch.Tensor]) -> torch.Tensor:
@@ -35,16 +46,19 @@ def features_loss(fts: list[torch.Tensor], fss: list[torch.Tensor]) -> torch.Ten
 
 def features_map(fts: list[torch.Tensor], fss: list[torch.Tensor], size: tuple[int, int],
                  weighting: str = "plain") -> torch.Tensor:
-    """Eq. 9-10: per-layer distance maps upsampled (bilinear) to the input size and summed -> (B,H,W)."""
+    """Eq. 9-10: per-layer distance maps upsampled (bilinear) to SIZE and summed -> (B,*SIZE).
+    A level already at SIZE is added as it is."""
     if weighting not in MAP_WEIGHTINGS:
         raise ValueError(f"unknown map weighting {weighting!r}; choose one of {MAP_WEIGHTINGS}")
-    maps = []
+    total = None
     for t, s in zip(fts, fss):
         d = layer_distance(t, s)
         if weighting == "area":
             d = d / (d.shape[-2] * d.shape[-1])
-        maps.append(F.interpolate(d.unsqueeze(1), size=size, mode="bilinear", align_corners=False))
-    return torch.stack(maps).sum(0).squeeze(1)
+        if tuple(d.shape[-2:]) != tuple(size):
+            d = F.interpolate(d.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+        total = d if total is None else total + d
+    return total
 
 
 def fuse(a_main: torch.Tensor, a_aux: torch.Tensor, rule: str) -> torch.Tensor:
@@ -63,15 +77,26 @@ def fuse(a_main: torch.Tensor, a_aux: torch.Tensor, rule: str) -> torch.Tensor:
     raise ValueError(f"unknown fusion {rule!r}; choose one of {FUSIONS}")
 
 
+_KERNELS: dict[tuple, tuple[torch.Tensor, int]] = {}
+
+
+def gaussian_kernel(sigma: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, int]:
+    """1-D Gaussian, radius round(4 sigma) as scipy's default truncate; built once per (sigma, dtype, device)."""
+    key = (float(sigma), dtype, torch.device(device))
+    if key not in _KERNELS:
+        radius = int(4 * sigma + 0.5)
+        x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        k = torch.exp(-0.5 * (x / sigma) ** 2)
+        _KERNELS[key] = ((k / k.sum()).to(dtype=dtype, device=device), radius)
+    return _KERNELS[key]
+
+
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian, radius round(4 sigma) as scipy's default truncate, mirrored borders
-    (scipy's mode='mirror'). Done in torch so maps stay on the device when timing."""
+    """Separable Gaussian with mirrored borders (scipy's mode='mirror'). Done in torch so maps stay
+    on the device when timing."""
     if sigma <= 0:
         return maps
-    radius = int(4 * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
+    k, radius = gaussian_kernel(sigma, maps.dtype, maps.device)
     m = maps.unsqueeze(1)
     m = F.conv2d(F.pad(m, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
     m = F.conv2d(F.pad(m, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
@@ -108,18 +133,28 @@ class Branch(nn.Module):
         return self.student(self.teacher.normalize(x))
 
 
+# How maps are computed (recorded with every evaluation; not part of a variant's key):
+# `exact`: every level upsampled to the image size, summed, fused, blurred at the image size.
+# `lean`:  a one-branch detector sums its levels at the finest level's resolution, blurs there
+#          with sigma scaled by the resolution ratio, and upsamples once; its image score comes from
+#          that map (Eq. 12's sum scaled by the area ratio). MixedTeacher keeps `exact`: its Eq. 11
+#          product is not the same at low resolution.
+MAP_PATHS = ("lean", "exact")
+
+
 @dataclass
 class Prediction:
     scores: torch.Tensor          # (B,)
-    maps: torch.Tensor            # (B,H,W), blurred
-    parts: dict[str, torch.Tensor]  # per-branch maps before fusion and blur, for figures
+    maps: torch.Tensor            # (B,H,W), blurred, at the image size (or the map resolution if asked)
+    parts: dict[str, torch.Tensor]  # per-branch maps before fusion and blur, at the map resolution
 
 
 class Detector(nn.Module):
     """Reduced student and STPM have one branch; MixedTeacher has two, the second weighted by alpha."""
 
     def __init__(self, branches: list[Branch], alpha: float = 0.1, fusion: str = "minmax",
-                 score: str = "sum", blur_sigma: float = 4.0, map_weighting: str = "plain"):
+                 score: str = "sum", blur_sigma: float = 4.0, map_weighting: str = "plain",
+                 map_path: str = "lean"):
         super().__init__()
         if not 1 <= len(branches) <= 2:
             raise ValueError("a detector has one branch, or two for MixedTeacher")
@@ -127,6 +162,9 @@ class Detector(nn.Module):
         self.weights = [1.0, alpha][: len(branches)]
         self.fusion, self.score, self.blur_sigma = fusion, score, blur_sigma
         self.map_weighting = map_weighting
+        if map_path not in MAP_PATHS:
+            raise ValueError(f"unknown map path {map_path!r}; choose one of {MAP_PATHS}")
+        self.map_path = map_path
 
     def student_parameters(self):
         return [p for b in self.branches for p in b.student.parameters()]
@@ -141,21 +179,39 @@ class Detector(nn.Module):
         return sum(w * features_loss([t.float() for t in ft], b.student_features(x))
                    for w, b, ft in zip(self.weights, self.branches, fts))
 
+    @property
+    def effective_map_path(self) -> str:
+        return "lean" if self.map_path == "lean" and len(self.branches) == 1 else "exact"
+
     @torch.no_grad()
     def branch_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Eq. 9-10 for each branch, before fusion and blur."""
-        size = tuple(x.shape[-2:])
-        return [features_map(b.teacher_features(x), b.student_features(x), size, self.map_weighting)
-                for b in self.branches]
+        """Eq. 9-10 for each branch, before fusion and blur, at the map resolution (see MAP_PATHS)."""
+        out = []
+        for b in self.branches:
+            fts, fss = b.teacher_features(x), b.student_features(x)
+            size = (max(fts, key=lambda f: f.shape[-1]).shape[-2:] if self.effective_map_path == "lean"
+                    else x.shape[-2:])
+            out.append(features_map(fts, fss, tuple(size), self.map_weighting))
+        return out
 
-    def finish(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 11 (two branches), blur, Eq. 12: branch maps -> (scores, final maps)."""
+    def score_maps(self, parts: list[torch.Tensor], size: tuple[int, int],
+                   full_size: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 11 (two branches), blur, Eq. 12: branch maps -> (scores, final maps at SIZE, or at the
+        map resolution when not FULL_SIZE)."""
         fused = parts[0] if len(parts) == 1 else fuse(parts[0], parts[1], self.fusion)
-        maps = gaussian_blur(fused, self.blur_sigma)
-        return image_score(maps, self.score), maps
+        ratio = size[-1] / fused.shape[-1]
+        maps = gaussian_blur(fused, self.blur_sigma / ratio)
+        scores = image_score(maps, self.score)
+        if self.score == "sum":  # Eq. 12 sums over the image's pixels: each map pixel stands for ratio^2
+            scores = scores * (size[-2] * size[-1] / (maps.shape[-2] * maps.shape[-1]))
+        if full_size and tuple(maps.shape[-2:]) != tuple(size):
+            maps = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+        return scores, maps
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> Prediction:
+    def predict(self, x: torch.Tensor, full_size: bool = True) -> Prediction:
+        """The one inference path: evaluation, figures and timing all come through here (evaluation
+        calls its two halves so that variants differing only in evaluation share the branch maps)."""
         parts = self.branch_maps(x)
-        scores, maps = self.finish(parts)
+        scores, maps = self.score_maps(parts, tuple(x.shape[-2:]), full_size)
         return Prediction(scores, maps, dict(zip(BRANCH_NAMES, parts)))

@@ -29,11 +29,13 @@ def branch_maps(detector: Detector, images: torch.Tensor, device="cpu", batch_si
     return [torch.cat([c[b].cpu() for c in chunks]) for b in range(len(detector.branches))]
 
 
-def finish(detector: Detector, parts: list[torch.Tensor], labels: np.ndarray, masks: np.ndarray,
-           batch_size: int = 64) -> Evaluation:
+def score_and_measure(detector: Detector, parts: list[torch.Tensor], labels: np.ndarray, masks: np.ndarray,
+                      batch_size: int = 64) -> Evaluation:
+    """Branch maps -> scores and full-size maps (Detector.score_maps, as predict) -> metrics."""
     scores, maps = [], []
+    size = tuple(masks.shape[-2:])
     for i in range(0, len(parts[0]), batch_size):
-        s, m = detector.finish([p[i:i + batch_size] for p in parts])
+        s, m = detector.score_maps([p[i:i + batch_size] for p in parts], size)
         scores.append(s.numpy())
         maps.append(m.numpy())
     scores = np.concatenate(scores).astype(np.float64)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bench import paper
+from bench import intervals, paper
 from bench.store import read_records
 from bench.variants import PRESETS, variant_from_fields
 
@@ -188,9 +188,14 @@ def paper_table(number: int) -> pd.DataFrame:
 
 
 def timing_frame(timing: list[dict]) -> pd.DataFrame:
+    """One row per timed case. `rounds` is 0 for single-pass records (timing schema 1): those
+    predate interleaved rounds, are kept and labelled, and never enter a ratio."""
     rows = [{**{k: r[k] for k in ("run_id", "origin", "name", "method", "scope", "batch_size", "precision",
                                   "channels_last", "compile", "cuda_graphs", "median_ms", "p99_ms",
                                   "images_per_s")},
+             "role": r.get("role", "peer" if r.get("origin") == "anomalib" else "detector"),
+             "floor": r.get("floor"), "map_path": r.get("map_path") or "exact",
+             "rounds": len(r.get("rounds") or []),
              "device": r["env"]["device_name"], "device_type": r["env"]["device"],
              "gmacs": r.get("gmacs"), "variant_key": r.get("variant_key"),
              "arch_key": variant_from_fields(r["variant"]).arch_key if r.get("variant") else None}
@@ -203,9 +208,19 @@ def _is_plain(df: pd.DataFrame) -> pd.Series:
     return ~df.channels_last & ~df["compile"] & ~df.cuda_graphs
 
 
+def _one_run(df: pd.DataFrame) -> pd.DataFrame:
+    """Per device, the rows of one run only: the latest run with interleaved rounds, or, where a
+    device has none, its latest single-pass run."""
+    keep = []
+    for _, g in df.groupby("device_type"):
+        pool = g[g.rounds > 0] if (g.rounds > 0).any() else g
+        keep.append(pool[pool.run_id == pool.run_id.max()])
+    return pd.concat(keep) if keep else df
+
+
 def table3_timing(timing: list[dict], scope: str = "map", batch_size: int = 1, precision: str = "fp32",
                   device_type: str | None = None) -> pd.DataFrame:
-    """FPS and latency per subject and device, plain settings, each subject's latest measurement."""
+    """FPS, latency and fraction of floor per subject, one timing run per device (named)."""
     df = timing_frame(timing)
     if df.empty:
         return pd.DataFrame({"status": [NOT_RUN + " (no timing records)"]})
@@ -214,21 +229,21 @@ def table3_timing(timing: list[dict], scope: str = "map", batch_size: int = 1, p
         df = df[df.device_type == device_type]
     if df.empty:
         return pd.DataFrame({"status": [NOT_RUN + f" (no {scope} b{batch_size} {precision} records)"]})
-    df = _latest(df, ["device_type", "name"])
+    df = _one_run(df)
     rows = []
     for device, g in df.groupby("device"):
-        runs = ", ".join(sorted(g.run_id.unique()))
+        run = g.run_id.iloc[0] + ("" if g.rounds.iloc[0] else " (single pass, before interleaved rounds)")
+        ips = dict(zip(g["name"], g["images_per_s"]))
         for measure, col, fmt in (("FPS", "images_per_s", "{:.1f}"), ("latency (ms)", "median_ms", "{:.1f}")):
-            rows.append({"device": device, "runs": runs, "measure": measure,
+            rows.append({"device": device, "run": run, "measure": measure,
                          **{n: fmt.format(v) for n, v in zip(g["name"], g[col])}})
-    table = pd.DataFrame(rows).set_index(["device", "runs", "measure"]).fillna(NOT_RUN)
-    preferred = [n for n in ("reduced", "stpm", "mixed", "anomalib-stfpm") if n in table.columns]
+        floors = {n: ips[n] / ips[f] for n, f in zip(g["name"], g["floor"]) if f in ips}
+        if floors:
+            rows.append({"device": device, "run": run, "measure": "fraction of floor",
+                         **{n: f"{v:.2f}" for n, v in floors.items()}})
+    table = pd.DataFrame(rows).set_index(["device", "run", "measure"]).fillna("—")
+    preferred = [n for n in table.columns if n.split("@")[0] in ("reduced", "stpm", "mixed", "anomalib-stfpm")]
     return table[preferred + sorted(c for c in table.columns if c not in preferred)]
-
-
-def _latest(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """The rows of each KEYS group's most recent run (run ids sort by time)."""
-    return df[df.run_id == df.groupby(keys).run_id.transform("max")]
 
 
 def timing_options(timing: list[dict], scope: str = "map") -> pd.DataFrame:
@@ -255,27 +270,45 @@ def timing_options(timing: list[dict], scope: str = "map") -> pd.DataFrame:
     return table.round(2)
 
 
+def _device_names(timing: list[dict]) -> dict:
+    return {r["run_id"]: r["env"]["device_name"] for r in timing}
+
+
 def timing_ratios(timing: list[dict], scope: str = "map") -> pd.DataFrame:
-    """Within each run: reduced/STPM and reduced/anomalib-STFPM throughput ratios per batch size."""
+    """Within each run with interleaved rounds: throughput ratios (reduced/STPM, reduced/anomalib
+    STFPM, mixed/reduced, each detector over its teachers alone), median over rounds [95 % interval]."""
+    table = intervals.run_ratios(timing)
+    if table.empty:
+        return table
+    table = table[table.scope == scope]
+    if table.empty:
+        return pd.DataFrame()
+    names = _device_names(timing)
+    table = table.assign(device=table.run_id.map(names),
+                         options=["+".join(n for n, on in (("channels_last", c), ("compile", k), ("graphs", g)) if on)
+                                  or "plain" for c, k, g in zip(table.channels_last, table["compile"], table.cuda_graphs)])
+    return table.pivot_table(index=["device", "run_id", "batch_size", "precision", "options"], columns="ratio",
+                             values="value", aggfunc="first").fillna("—")
+
+
+def timing_map_cost(timing: list[dict]) -> pd.DataFrame:
+    """What the anomaly map costs each detector (scope `map` minus `network`), per run with rounds."""
+    table = intervals.map_cost(timing)
+    if table.empty:
+        return table
+    return table.assign(device=table.run_id.map(_device_names(timing))).set_index(
+        ["device", "run_id", "subject", "batch_size", "precision", "options"])
+
+
+def timing_runs(timing: list[dict]) -> pd.DataFrame:
+    """Every timing run: when, where, what; the single-pass ones labelled as such."""
     df = timing_frame(timing)
     if df.empty:
-        return pd.DataFrame()
-    df = df[(df.scope == scope) & _is_plain(df)]
-    out = []
-    for (run, bs, prec), g in df.groupby(["run_id", "batch_size", "precision"]):
-        ips = dict(zip(g["name"], g["images_per_s"]))
-        row = {"run": run, "device": g["device"].iloc[0], "batch": bs, "precision": prec}
-        if "reduced" in ips and "stpm" in ips:
-            row["reduced / stpm"] = ips["reduced"] / ips["stpm"]
-        if "reduced" in ips and "anomalib-stfpm" in ips:
-            row["reduced / anomalib STFPM"] = ips["reduced"] / ips["anomalib-stfpm"]
-        if "stpm" in ips and "anomalib-stfpm" in ips:
-            row["stpm / anomalib STFPM"] = ips["stpm"] / ips["anomalib-stfpm"]
-        if "mixed" in ips and "reduced" in ips:
-            row["mixed / reduced"] = ips["mixed"] / ips["reduced"]
-        if len(row) > 4:  # a run without a pair to compare (one subject timed alone) has no ratio
-            out.append(row)
-    return pd.DataFrame(out).round(2)
+        return df
+    out = df.groupby("run_id").agg(device=("device", "first"), subjects=("name", lambda x: ", ".join(sorted(set(x)))),
+                                   cases=("name", "size"), rounds=("rounds", "max")).reset_index()
+    out["kind"] = np.where(out.rounds > 0, "interleaved rounds", "single pass (older; not compared across runs)")
+    return out.set_index("run_id")
 
 
 def ablation_table(records, base: str, axes: tuple[str, ...], metric="image_auroc", datasets=None) -> pd.DataFrame:
@@ -424,7 +457,7 @@ def speed_vs_accuracy(records, timing, scope="map", batch_size=1, precision="fp3
         fig, ax = plt.subplots(figsize=(7, 5))
         ax.text(0.5, 0.5, NOT_RUN + " (no timing records)", ha="center")
         return fig
-    t = _latest(t, ["device_type", "arch_key"])
+    t = _one_run(t[t.map_path != "exact"] if (t.map_path != "exact").any() else t)
     devices = sorted(t.device.unique())
     fig, axes = plt.subplots(1, len(devices), figsize=(7 * len(devices), 5), squeeze=False)
     runs = runs_frame(records)

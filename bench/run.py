@@ -15,7 +15,7 @@ import torch
 from bench import data as data_mod
 from bench.build import build_detector, teacher_sources
 from bench.env import git_revision, hardware, software
-from bench.evaluate import branch_maps, finish
+from bench.evaluate import branch_maps, score_and_measure
 from bench.store import write_json_atomic
 from bench.train import fit, get_recipe, seed_everything
 from bench.variants import Variant
@@ -117,8 +117,10 @@ def _examples(job: Job, split, test_images, masks, ev, path: Path) -> str | None
     labels = np.array([s.label for s in split.test])
     defective, good = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     pick = np.r_[defective[np.linspace(0, len(defective) - 1, N_EXAMPLES - 1).astype(int)], good[:1]]
-    small = lambda t: torch.nn.functional.interpolate(  # noqa: E731
-        t.float().unsqueeze(1) if t.dim() == 3 else t.float(), size=EXAMPLE_SIZE, mode="area")
+    def small(t):  # area when shrinking; a lean branch map (64 px for STPM) is enlarged bilinearly
+        t = t.float().unsqueeze(1) if t.dim() == 3 else t.float()
+        mode = "area" if t.shape[-1] >= EXAMPLE_SIZE else "bilinear"
+        return torch.nn.functional.interpolate(t, size=EXAMPLE_SIZE, mode=mode)
     arrays = {
         "image": small(test_images[pick]).round().byte().numpy(),
         "mask": (small(torch.from_numpy(masks[pick])).squeeze(1) > 0.5).numpy(),
@@ -167,12 +169,13 @@ def run_job(job: Job, results: str | Path = "results", device: str = "cpu",
     else:
         _LAST["train"] = {**_LAST["train"], "reused_checkpoint": True}
     split, labels, masks = _LAST["split"], _LAST["labels"], _LAST["masks"]
-    ev = finish(detector, _LAST["parts"], labels, masks)
+    ev = score_and_measure(detector, _LAST["parts"], labels, masks)
     path = job.record_path(results)
     record.update({
         "status": "ok",
         "metrics": ev.metrics,
         "metric_settings": METRIC_SETTINGS,
+        "map_path": detector.effective_map_path,   # absent in older records: they were `exact`
         "train": _LAST["train"],
         "teachers": teacher_sources(detector),
         "layout": split.layout,

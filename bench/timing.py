@@ -1,37 +1,54 @@
-"""Inference latency and throughput, measured the way a careful engineer would, and recorded.
+"""Inference latency and throughput, measured so that comparisons hold, and recorded.
 
-Scopes (each recorded under its own name):
-- `network`:    teacher(s) + student(s) forward, features only;
-- `map`:        network + anomaly maps, upsampling, fusion, blur and score;
-- `end_to_end`: a host tensor in -> score and map back on the host, copies included.
-CUDA: CUDA events around each iteration, after warm-up; CPU: a monotonic clock. Weights do not
-change speed, so teachers are random-initialised here (recorded as such).
+Subjects are timed side by side: for each cell (scope, batch, precision, options) every subject runs
+in R interleaved rounds (round-robin, the order rotated each round) of N iterations, in one process,
+after warm-up. Every round is recorded; ratios between subjects are taken per round (bench.intervals).
+
+Subjects: our detectors (one per architecture and map path), each detector's teachers alone (the
+floor a KD detector cannot beat), and anomalib's STFPM where installed.
+Scopes:
+- `network`:    teacher(s) + student(s) forward, features only (for a teacher subject: its forward);
+- `map`:        network + anomaly maps (Detector.predict: fusion, blur, score, full-size map);
+- `end_to_end`: a uint8 image batch on the host (as decoded from disk) -> conversion to [0, 1],
+                transfer (pinned buffers on CUDA), the detector, and the score and the full-size map
+                copied back to the host in fp16.
+Precisions are deployed ones: weights and inputs cast once (`cast`); `autocast` is the named
+alternative. CUDA: CUDA events around each iteration; CPU: wall clock and process CPU time, with
+the thread count set, not only recorded. Weights do not change speed, so teachers are random-
+initialised here (recorded as such).
 """
 from __future__ import annotations
 
-import contextlib
+import copy
 import dataclasses
 import itertools
+import os
 import re
 import resource
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from bench.build import build_detector
-from bench.detector import Detector
 from bench.env import git_revision, hardware, software
 from bench.store import write_json_atomic
-from bench.variants import create_variant
+from bench.variants import Variant, create_variant
 
+TIMING_SCHEMA = 2
 SCOPES = ("network", "map", "end_to_end")
 DEFAULT_VARIANTS = ("reduced", "stpm", "mixed")
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISION_MODES = ("cast", "autocast")
+E2E_MAP_DTYPE = torch.float16
+CPU_ROUND_S = 0.4          # a CPU round runs at least this long (iterations chosen per subject)
 
 
 def _sync(device: torch.device) -> None:
@@ -39,25 +56,87 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _network(det: Detector, x: torch.Tensor):
-    return [(b.teacher_features(x), b.student_features(x)) for b in det.branches]
+@dataclass
+class Subject:
+    name: str
+    role: str                  # "detector", "teacher" or "peer"
+    model: nn.Module
+    variant: Variant | None = None
+    floor: str | None = None   # a detector's teacher-alone subject
+    map_path: str | None = None
 
 
-def scope_fn(det: Detector, scope: str, device: torch.device):
-    """A callable taking the batch (host tensor for end_to_end, device tensor otherwise)."""
-    if scope == "network":
-        return lambda x: _network(det, x)
-    if scope == "map":
-        return lambda x: det.predict(x)
-    if scope == "end_to_end":
-        def e2e(x_host):
-            pred = det.predict(x_host.to(device, non_blocking=True))
-            return pred.scores.cpu(), pred.maps.cpu()
-        return e2e
-    raise ValueError(f"unknown scope {scope!r}; choose from {SCOPES}")
+def _teacher_name(det) -> str:
+    return "teacher:" + "+".join(f"{b.teacher.backbone}[..{b.teacher.trunk.names[-1]}]" for b in det.branches)
 
 
-def measure(fn, x, device: torch.device, iters: int, warmup: int) -> np.ndarray:
+class _Teachers(nn.Module):
+    """A detector's teachers alone, each to the deepest level it uses."""
+
+    def __init__(self, det):
+        super().__init__()
+        self.teachers = nn.ModuleList(b.teacher for b in det.branches)
+
+    def forward(self, x):
+        return [t(x) for t in self.teachers]
+
+
+def build_subjects(named: list[tuple[str, Variant]], map_paths=("lean",), peers: bool = True,
+                   device: torch.device = torch.device("cpu")) -> list[Subject]:
+    subjects, seen = [], set()
+    for name, v in named:
+        v = dataclasses.replace(v, teacher_init="random", teacher2_init="random")
+        det = build_detector(v).eval().to(device)
+        floor = _teacher_name(det)
+        if floor not in seen:
+            seen.add(floor)
+            subjects.append(Subject(floor, "teacher", _Teachers(det)))
+        for path in map_paths:
+            d = copy.deepcopy(det) if path != map_paths[0] else det
+            d.map_path = path
+            label = name if len(map_paths) == 1 else f"{name}@{path}"
+            key = (v.arch_key, d.effective_map_path)
+            if key in seen:  # same architecture, same cost: time it once (mixed has one map path)
+                continue
+            seen.add(key)
+            subjects.append(Subject(label, "detector", d, v, floor, d.effective_map_path))
+    if peers:
+        peer = _peer_stfpm(device)
+        if peer is not None:
+            subjects.append(Subject("anomalib-stfpm", "peer", peer))
+    return subjects
+
+
+def _e2e_input(bs: int, size: int, device: torch.device) -> torch.Tensor:
+    x = torch.randint(0, 256, (bs, 3, size, size), dtype=torch.uint8)
+    return x.pin_memory() if device.type == "cuda" else x
+
+
+def subject_fn(s: Subject, scope: str, device: torch.device, dtype: torch.dtype):
+    """A callable taking the batch: a uint8 host tensor for end_to_end, a device tensor otherwise."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; choose from {SCOPES}")
+    m = s.model
+
+    def to_input(x_u8):  # as bench.data.to_unit_float, in the timed precision
+        return x_u8.to(device, non_blocking=True).to(dtype).div_(255)
+
+    if s.role == "teacher":
+        core = m
+        back = lambda out: None  # noqa: E731 - a floor returns nothing to the host
+    elif s.role == "peer":
+        core = (lambda x: (m.teacher_model(x), m.student_model(x))) if scope == "network" else m
+        back = lambda out: (out.pred_score.cpu(), out.anomaly_map.to(E2E_MAP_DTYPE).cpu())  # noqa: E731
+    else:
+        core = ((lambda x: [(b.teacher_features(x), b.student_features(x)) for b in m.branches])
+                if scope == "network" else m.predict)
+        back = lambda out: (out.scores.cpu(), out.maps.to(E2E_MAP_DTYPE).cpu())  # noqa: E731
+    if scope != "end_to_end":
+        return core
+    return lambda x_u8: back(core(to_input(x_u8)))
+
+
+def measure(fn, x, device: torch.device, iters: int, warmup: int = 0) -> np.ndarray:
     """Per-iteration latency in ms: CUDA events on GPU, perf_counter with synchronisation on CPU."""
     for _ in range(warmup):
         fn(x)
@@ -86,19 +165,37 @@ def latency_stats(ms: np.ndarray, batch: int) -> dict:
             "min_ms": float(ms.min()), "images_per_s": batch / (median / 1e3), "iters": int(len(ms))}
 
 
-def count_gmacs(det: Detector, image_size: int, device: torch.device) -> float:
+def interleaved_rounds(fns: dict, inputs: dict, device: torch.device, rounds: int, iters: dict) -> dict:
+    """Round r runs every subject for its ITERS, in an order rotated by r (no subject is always
+    first after a pause, or always after the heaviest). -> name: [{ms, cpu_s} per round]."""
+    names = list(fns)
+    out = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            cpu0 = time.process_time()
+            ms = measure(fns[n], inputs[n], device, iters[n])
+            out[n].append({"ms": ms.tolist(), "cpu_s": time.process_time() - cpu0})
+    return out
+
+
+def count_gmacs(det, image_size: int, device: torch.device) -> float:
     """Multiply-accumulates of the network scope at batch 1, from torch's FLOP counter (FLOPs / 2)."""
     from torch.utils.flop_counter import FlopCounterMode
     x = torch.rand(1, 3, image_size, image_size, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        _network(det, x)
+        for b in det.branches:
+            b.teacher_features(x), b.student_features(x)
     return counter.get_total_flops() / 2 / 1e9
 
 
-def _params(det: Detector) -> dict:
-    n = lambda mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
-    return {"teacher_params_m": n([b.teacher.trunk for b in det.branches]) / 1e6,
-            "student_params_m": n([b.student for b in det.branches]) / 1e6}
+def _params(s: Subject) -> dict:
+    n = lambda mods: sum(p.numel() for m in mods for p in m.parameters()) / 1e6  # noqa: E731
+    if s.role == "detector":
+        return {"teacher_params_m": n([b.teacher for b in s.model.branches]),
+                "student_params_m": n([b.student for b in s.model.branches])}
+    if s.role == "peer":
+        return {"teacher_params_m": n([s.model.teacher_model]), "student_params_m": n([s.model.student_model])}
+    return {"teacher_params_m": n([s.model]), "student_params_m": 0.0}
 
 
 class _Graphed:
@@ -127,7 +224,7 @@ def _is_oom(err: BaseException) -> bool:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+    return re.sub(r"[^A-Za-z0-9._@:-]+", "-", text).replace(":", "-").strip("-")
 
 
 def _peer_stfpm(device: torch.device):
@@ -151,141 +248,222 @@ def _peer_stfpm(device: torch.device):
     return model.eval().to(device)
 
 
-def _peer_fn(model, scope: str, device: torch.device):
-    if scope == "network":
-        return lambda x: (model.teacher_model(x), model.student_model(x))
-    if scope == "map":
-        return lambda x: model(x)
-    return lambda x_host: model(x_host.to(device, non_blocking=True)).anomaly_map.cpu()
+def gpu_activity(device: torch.device) -> dict | None:
+    """Other processes and utilisation of the GPU, from nvidia-smi (None off CUDA or without it)."""
+    if device.type != "cuda":
+        return None
+    def query(what: str) -> list[str]:
+        return subprocess.run(["nvidia-smi", f"--query-{what}", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    try:
+        apps = [line.split(", ") for line in query("compute-apps=pid,used_memory") if line.strip()]
+        util = query("gpu=utilization.gpu")
+    except (OSError, subprocess.CalledProcessError):
+        return {"available": False}
+    others = [{"pid": int(p), "used_mb": float(m)} for p, m in apps if int(p) != os.getpid()]
+    return {"available": True, "other_processes": others,
+            "utilization_pct": float(util[device.index or 0]) if util else None}
+
+
+def _allocator() -> str:
+    preload = os.environ.get("LD_PRELOAD", "")
+    for name in ("jemalloc", "tcmalloc", "mimalloc"):
+        if name in preload:
+            return name
+    return "glibc malloc (default)"
+
+
+@dataclass(frozen=True)
+class Cell:
+    scope: str
+    batch_size: int
+    precision: str
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False
+
+    @property
+    def tag(self) -> str:
+        return "_".join([self.scope, f"b{self.batch_size}", self.precision,
+                         *(["cl"] if self.channels_last else []), *(["compile"] if self.compile else []),
+                         *(["graphs"] if self.cuda_graphs else [])])
+
+
+def _prepare(s: Subject, cell: Cell, mode: str, device: torch.device, image_size: int):
+    """(callable, input) for one subject in one cell: the model cast once to the cell's precision
+    (mode `cast`), or left in fp32 with autocast entered at every call (mode `autocast`)."""
+    dtype = PRECISIONS[cell.precision]
+    model = s.model
+    if mode == "cast" and dtype != torch.float32:
+        model = copy.deepcopy(model).to(dtype)
+    if cell.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    fn = subject_fn(dataclasses.replace(s, model=model), cell.scope, device,
+                    dtype if mode == "cast" else torch.float32)
+    if mode == "autocast" and dtype != torch.float32:
+        plain = fn
+
+        def fn(x):
+            with torch.autocast(device.type, dtype=dtype):
+                return plain(x)
+    if cell.compile:
+        fn = torch.compile(fn)
+    if cell.scope == "end_to_end":
+        x = _e2e_input(cell.batch_size, image_size, device)
+    else:
+        x = torch.rand(cell.batch_size, 3, image_size, image_size, device=device)
+        x = x.to(dtype) if mode == "cast" else x
+        if cell.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+    return fn, x
+
+
+def time_cell(subjects: list[Subject], cell: Cell, device: torch.device, rounds: int, iters: int | None,
+              warmup: int, mode: str, image_size: int) -> dict:
+    """Every subject of one cell in interleaved rounds -> name: result (or error)."""
+    if cell.cuda_graphs and cell.scope == "end_to_end":
+        raise ValueError("CUDA graphs apply to device-side scopes only")
+    fns, inputs, failed = {}, {}, {}
+    with torch.inference_mode():
+        for s in subjects:
+            try:
+                fn, x = _prepare(s, cell, mode, device, image_size)
+                if cell.cuda_graphs:
+                    fn = _Graphed(fn, x)
+                measure(fn, x, device, 0, warmup)
+                fns[s.name], inputs[s.name] = fn, x
+            except Exception as err:  # noqa: BLE001 - a subject that cannot run is recorded, the others go on
+                if _is_oom(err):
+                    torch.cuda.empty_cache()
+                failed[s.name] = err
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            n_iters = {n: iters or 50 for n in fns}
+        else:  # enough iterations for a round of CPU_ROUND_S, whatever the subject's speed
+            n_iters = {}
+            for n, fn in fns.items():
+                one = float(np.median(measure(fn, inputs[n], device, 2)))
+                n_iters[n] = iters or int(np.clip(np.ceil(CPU_ROUND_S * 1e3 / max(one, 1e-3)), 3, 200))
+        rounds_out = interleaved_rounds(fns, inputs, device, rounds, n_iters) if fns else {}
+    out = {n: {"error": err} for n, err in failed.items()}
+    for n, rs in rounds_out.items():
+        out[n] = {"rounds": rs}
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
+        for n in rounds_out:
+            out[n]["peak_device_mem_mb_cell"] = peak
+    return out
+
+
+def _record(s: Subject, cell: Cell, result: dict, base: dict, gmacs: dict, image_size: int) -> dict:
+    rec = {**base, "name": s.name, "role": s.role, "origin": "anomalib" if s.role == "peer" else "ours",
+           "method": s.variant.method if s.variant else ("stpm" if s.role == "peer" else None),
+           "variant_key": s.variant.key if s.variant else None,
+           "variant": s.variant.fields() if s.variant else None, "floor": s.floor, "map_path": s.map_path,
+           **dataclasses.asdict(cell), "image_size": image_size,
+           "e2e_output": f"score fp32 + map {str(E2E_MAP_DTYPE).split('.')[-1]} {image_size}x{image_size} to host"
+           if cell.scope == "end_to_end" else None}
+    if "error" in result:
+        err = result["error"]
+        return {**rec, "status": "oom" if _is_oom(err) else "failed", "error": f"{type(err).__name__}: {err}"[:500]}
+    rounds = result["rounds"]
+    all_ms = np.concatenate([r["ms"] for r in rounds])
+    rec.update(status="ok", rounds=[{"median_ms": float(np.median(r["ms"])), "iters": len(r["ms"]),
+                                     "cpu_s": r["cpu_s"], "ms": r["ms"]} for r in rounds],
+               **latency_stats(all_ms, cell.batch_size), **_params(s))
+    rec["round_images_per_s"] = [cell.batch_size / (r["median_ms"] / 1e3) for r in rec["rounds"]]
+    if s.role == "detector":
+        rec["gmacs"] = gmacs.get(s.name)
+    if "peak_device_mem_mb_cell" in result:
+        rec["peak_device_mem_mb_cell"] = result["peak_device_mem_mb_cell"]
+    return rec
 
 
 def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=None, scopes=None,
-               compile: bool = False, channels_last: bool = False, cuda_graphs: bool = False,
+               compile: bool = False, channels_last: bool = False, cuda_graphs: bool | None = None,
                peers: bool = True, iters: int | None = None, warmup: int | None = None,
-               results: str | Path = "results", image_size: int = 256, grid: str | None = None,
-               overrides: dict | None = None) -> list[dict]:
-    """Time registered variants (by name) and/or every distinct architecture of a grid file."""
+               rounds: int = 7, threads: int | None = None, precision_mode: str = "cast",
+               map_paths=("lean",), results: str | Path = "results", image_size: int = 256,
+               grid: str | None = None, overrides: dict | None = None) -> list[dict]:
+    """Time registered variants (by name) and/or every distinct architecture of a grid file, with
+    their teachers alone, in interleaved rounds; one record per (cell, subject), written per cell."""
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     if cuda and not torch.cuda.is_available():
         raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    if precision_mode not in PRECISION_MODES:
+        raise ValueError(f"unknown precision mode {precision_mode!r}; choose one of {PRECISION_MODES}")
+    if rounds < 2:
+        raise ValueError("rounds must be at least 2: ratios and their intervals come from rounds")
     if cuda:
         torch.backends.cudnn.benchmark = True
+    else:
+        torch.set_num_threads(threads or os.cpu_count() or 1)
     named = [(n, create_variant(n, **(overrides or {}))) for n in (variants or ([] if grid else DEFAULT_VARIANTS))]
     if grid:
         from bench.grid import grid_variants, load_grid
         named += grid_variants(load_grid(grid), overrides)
-    batch_sizes = sorted(batch_sizes or ((1, 8, 32, 64) if cuda else (1, 8, 32)))
+    batch_sizes = sorted(batch_sizes or ((1, 8, 32, 64) if cuda else (1, 8)))
     precisions = list(precisions or (("fp32", "fp16", "bf16") if cuda else ("fp32",)))
     scopes = list(scopes or SCOPES)
-    iters = iters or (200 if cuda else 10)
-    warmup = warmup or (20 if cuda else 2)
-    options = [(cl, comp, graphs) for cl in ([False, True] if channels_last else [False])
-               for comp in ([False, True] if compile else [False])
-               for graphs in ([False, True] if cuda_graphs and cuda else [False])]
+    warmup = warmup if warmup is not None else (20 if cuda else 3)
+    # On CUDA at batch <= 8 eager timing measures the host issuing kernels: CUDA graphs are the
+    # default comparison there, eager stays (labelled) beside them.
+    graphs_opts = [False, True] if cuda and cuda_graphs is not False else [False]
+    cells = [Cell(sc, bs, pr, cl, comp, g)
+             for sc, bs, pr in itertools.product(scopes, batch_sizes, precisions)
+             for cl in ([False, True] if channels_last else [False])
+             for comp in ([False, True] if compile else [False])
+             for g in graphs_opts
+             if not (g and (sc == "end_to_end" or (cuda_graphs is None and bs > 8)))]
+
+    subjects = build_subjects(named, tuple(map_paths), peers, dev)
+    gmacs = {s.name: count_gmacs(s.model, image_size, dev) for s in subjects if s.role == "detector"}
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(results) / "timing" / f"{run_id}_{dev.type}"
     env = {**hardware(dev), "software": software(), "git_revision": git_revision(),
-           "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if cuda else None}
-
-    subjects, seen = [], set()
-    for name, v in named:
-        if v.arch_key in seen:  # same architecture, same cost: time it once
-            continue
-        seen.add(v.arch_key)
-        v = dataclasses.replace(v, teacher_init="random", teacher2_init="random")
-        subjects.append(("ours", name, v, build_detector(v).eval().to(dev)))
-    if peers:
-        peer = _peer_stfpm(dev)
-        if peer is not None:
-            subjects.append(("anomalib", "anomalib-stfpm", None, peer))
-
-    plan = list(itertools.product(subjects, scopes, precisions, options, batch_sizes))
+           "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if cuda else None,
+           "allocator": _allocator(), "threads_set": None if cuda else torch.get_num_threads()}
+    base = {"schema_version": TIMING_SCHEMA, "run_id": run_id, "env": env, "rounds_asked": rounds,
+            "warmup": warmup, "precision_mode": precision_mode,
+            "teachers": "random init (weights do not change speed)"}
     records, oom_at = [], {}
-    bar = tqdm(plan, desc=f"timing {dev.type}", unit="case", file=sys.stdout)
-    for (origin, name, variant, model), scope, prec, (cl, comp, graphs), bs in bar:
-        cell = (name, scope, prec, cl, comp, graphs)
-        if oom_at.get(cell, 1 << 30) <= bs:
-            continue
-        bar.set_postfix_str(f"{name} {scope} b{bs} {prec}")
-        rec = {"run_id": run_id, "origin": origin, "name": name, "method": variant.method if variant else "stpm",
-               "variant_key": variant.key if variant else None, "variant": variant.fields() if variant else None,
-               "scope": scope, "batch_size": bs, "precision": prec, "channels_last": cl, "compile": comp,
-               "cuda_graphs": graphs, "image_size": image_size, "warmup": warmup, "env": env,
-               "teachers": "random init (weights do not change speed)"}
-        try:
-            rec.update(_time_case(model, origin, scope, prec, cl, comp, graphs, bs, dev, iters, warmup, image_size))
-            rec["status"] = "ok"
-        except Exception as err:  # noqa: BLE001 - one case failing is recorded, the sweep goes on
-            if cuda and _is_oom(err):
-                oom_at[cell] = bs  # back off: larger batches of this cell are skipped
-                torch.cuda.empty_cache()
-            rec.update(status="oom" if _is_oom(err) else "failed", error=f"{type(err).__name__}: {err}"[:500])
-        records.append(rec)
+    bar = tqdm(cells, desc=f"timing {dev.type} ({len(subjects)} subjects x {rounds} rounds)", unit="cell",
+               file=sys.stdout)
+    for cell in bar:
+        bar.set_postfix_str(cell.tag)
+        todo = [s for s in subjects if oom_at.get((s.name, cell.scope, cell.precision), 1 << 30) > cell.batch_size]
+        before = gpu_activity(dev)
+        results_ = time_cell(todo, cell, dev, rounds, iters, warmup, precision_mode, image_size)
+        after = gpu_activity(dev)
+        shared = bool(before and after and (before.get("other_processes") or after.get("other_processes")))
+        if shared:
+            print(f"warning: the GPU ran other processes while timing {cell.tag}; the records say so",
+                  file=sys.stderr)
+        for s in todo:
+            rec = _record(s, cell, results_[s.name], base, gmacs, image_size)
+            rec["gpu_activity"] = {"before": before, "after": after, "shared": shared} if cuda else None
+            if rec["status"] == "oom":
+                oom_at[(s.name, cell.scope, cell.precision)] = cell.batch_size
+            if not cuda:
+                rec["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            records.append(rec)
+            write_json_atomic(out_dir / f"{_slug(s.name + '_' + cell.tag)}.json", rec)
     bar.close()
-    _add_peer_ratios(records)
-    for rec in records:
-        tag = "_".join([rec["name"], rec["scope"], f"b{rec['batch_size']}", rec["precision"],
-                        *(["cl"] if rec["channels_last"] else []), *(["compile"] if rec["compile"] else []),
-                        *(["graphs"] if rec["cuda_graphs"] else [])])
-        write_json_atomic(out_dir / f"{_slug(tag)}.json", rec)
-    _print_table(records)
+    _print_summary(records)
     print(f"{len(records)} timing records in {out_dir}")
     return records
 
 
-def _time_case(model, origin, scope, prec, cl, comp, graphs, bs, dev, iters, warmup, image_size) -> dict:
-    cuda = dev.type == "cuda"
-    model = model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-    fn = scope_fn(model, scope, dev) if origin == "ours" else _peer_fn(model, scope, dev)
-    if comp:
-        fn = torch.compile(fn)
-    x = torch.rand(bs, 3, image_size, image_size)
-    x = x.pin_memory() if cuda and scope == "end_to_end" else x
-    if scope != "end_to_end":
-        x = x.to(dev)
-    if cl:
-        x = x.contiguous(memory_format=torch.channels_last)
-    amp = (torch.autocast(dev.type, dtype=PRECISIONS[prec]) if PRECISIONS[prec] is not None
-           else contextlib.nullcontext())
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(dev)
-    with torch.inference_mode(), amp:
-        if graphs:
-            if scope == "end_to_end":
-                raise ValueError("CUDA graphs apply to device-side scopes only")
-            fn = _Graphed(fn, x)
-        ms = measure(fn, x, dev, iters, warmup)
-    out = latency_stats(ms, bs)
-    if cuda:
-        out["peak_device_mem_mb"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
-    else:
-        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if origin == "ours":
-        out.update(_params(model), gmacs=count_gmacs(model, image_size, dev))
-    else:
-        out.update(teacher_params_m=sum(p.numel() for p in model.teacher_model.parameters()) / 1e6,
-                   student_params_m=sum(p.numel() for p in model.student_model.parameters()) / 1e6)
-    return out
-
-
-def _add_peer_ratios(records: list[dict]) -> None:
-    """Within this run: our STPM's and reduced student's throughput over the peer's, same case."""
-    ours = {(r["name"], r["scope"], r["batch_size"], r["precision"], r["channels_last"], r["compile"],
-             r["cuda_graphs"]): r for r in records if r["status"] == "ok" and r["origin"] == "ours"}
-    for r in records:
-        if r["origin"] == "ours" or r["status"] != "ok":
-            continue
-        for mine in ("stpm", "reduced"):
-            twin = ours.get((mine, r["scope"], r["batch_size"], r["precision"], r["channels_last"],
-                             r["compile"], r["cuda_graphs"]))
-            if twin:
-                r[f"our_{mine}_speedup"] = twin["images_per_s"] / r["images_per_s"]
-
-
-def _print_table(records: list[dict]) -> None:
+def _print_summary(records: list[dict]) -> None:
     from tabulate import tabulate
-    rows = [[r["name"], r["scope"], r["batch_size"], r["precision"], r["median_ms"], r["p99_ms"], r["images_per_s"]]
+
+    from bench.intervals import run_ratios
+    rows = [[r["name"], r["scope"], r["batch_size"], r["precision"], r["median_ms"], r["images_per_s"]]
             for r in records if r["status"] == "ok"]
-    print(tabulate(rows, headers=["subject", "scope", "batch", "precision", "median ms", "p99 ms", "img/s"],
-                   floatfmt=".2f"))
+    print(tabulate(rows, headers=["subject", "scope", "batch", "precision", "median ms", "img/s"], floatfmt=".2f"))
+    ratios = run_ratios(records)
+    if len(ratios):
+        print("\nthroughput ratios within this run, median over rounds [bootstrap 95 % interval]:")
+        print(tabulate(ratios[["scope", "batch_size", "precision", "ratio", "value"]], headers="keys",
+                       showindex=False, tablefmt="github"))

@@ -99,8 +99,8 @@ def test_student_groups_keep_jobs_that_share_a_student_together(tiny):
     from bench.grid import student_groups
     jobs = expand(load_grid("readings"), data=[str(tiny)], categories=["weave"], seeds=[0, 1])
     groups = student_groups(jobs)
-    assert len(groups) == 4  # student2 conv/copy x 2 seeds; score and fusion are evaluation-only
-    assert all(len(g) == 4 and len({j.variant.train_key for j in g}) == 1 for g in groups)
+    assert len(groups) == 4  # student2 conv/copy x 2 seeds; score, fusion, map weighting are evaluation-only
+    assert all(len(g) == 8 and len({j.variant.train_key for j in g}) == 1 for g in groups)
     assert sorted(j.describe() for g in groups for j in g) == sorted(j.describe() for j in jobs)
 
 
@@ -109,9 +109,9 @@ def test_several_workers_per_device_train_each_student_once(tiny, tmp_path):
     jobs = expand(load_grid("readings"), data=[str(tiny)], categories=["weave"], seeds=[0], epochs=1,
                   overrides=parse_overrides(TINY.split(",")))
     outcomes = run_grid(jobs, results=tmp_path / "res", jobs_per_device=2)
-    assert list(outcomes.values()) == ["ok"] * 8
+    assert list(outcomes.values()) == ["ok"] * 16
     recs = [json.loads(p.read_text()) for p in (tmp_path / "res" / "runs").rglob("*.json")]
-    assert len(recs) == 8
+    assert len(recs) == 16
     assert sum(not r["train"].get("reused_checkpoint") for r in recs) == 2  # one training per student
     assert len(list((tmp_path / "res" / "checkpoints").rglob("*.pt"))) == 2
 

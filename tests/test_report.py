@@ -40,7 +40,7 @@ def results(tmp_path_factory):
         for layers in ((1, 2), (2, 3)):
             fake_record(root, "reduced", "kolektorsdd", "kolektorsdd", seed, rng, layers=layers)
     fake_record(root, "stpm", "kolektorsdd", "kolektorsdd", 0, rng, status="failed")
-    run_timing(device="cpu", variants=["reduced", "stpm"], batch_sizes=[1], iters=2, warmup=1,
+    run_timing(device="cpu", variants=["reduced", "stpm"], batch_sizes=[1], iters=2, warmup=1, rounds=2,
                results=root, image_size=64, peers=False)
     return root
 
@@ -83,10 +83,11 @@ def test_ablation_and_seed_summary(results):
 def test_table3_timing_and_ratios(results):
     timing = report.load_timing(results)
     t3 = report.table3_timing(timing)
-    assert list(t3.index.get_level_values("measure")) == ["FPS", "latency (ms)"]
-    assert list(t3.columns) == ["reduced", "stpm"]
+    assert list(t3.index.get_level_values("measure")) == ["FPS", "latency (ms)", "fraction of floor"]
+    assert list(t3.columns)[:2] == ["reduced", "stpm"] and list(t3.columns)[2].startswith("teacher:")
     r = report.timing_ratios(timing)
-    assert r["reduced / stpm"].iloc[0] > 0
+    assert float(r["reduced / stpm"].iloc[0].split()[0]) > 0 and "reduced / floor" in r.columns
+    assert not report.timing_map_cost(timing).empty and report.timing_runs(timing).kind.iloc[0] == "interleaved rounds"
 
 
 def _timing(run_id, name, ips, device="cuda", **options):
@@ -96,14 +97,17 @@ def _timing(run_id, name, ips, device="cuda", **options):
             "env": {"device_name": "GPU X", "device": device}, "variant": None, "variant_key": None}
 
 
-def test_table3_takes_each_subjects_latest_measurement_across_runs():
+def test_table3_rows_come_from_one_run_never_mixed():
     timing = [_timing("20260101T000000Z", "reduced", 100.0), _timing("20260101T000000Z", "stpm", 50.0),
               _timing("20260102T000000Z", "reduced", 120.0), _timing("20260103T000000Z", "mixed", 30.0),
               _timing("20260104T000000Z", "reduced", 999.0, device="cpu")]
     t3 = report.table3_timing(timing, device_type="cuda")
-    assert list(t3.columns) == ["reduced", "stpm", "mixed"]  # a later run of one subject hides no other
-    fps = t3.xs("FPS", level="measure").iloc[0]
-    assert (fps["reduced"], fps["stpm"], fps["mixed"]) == ("120.0", "50.0", "30.0")
+    assert list(t3.columns) == ["mixed"]          # the latest run alone, labelled as single pass
+    assert "single pass" in t3.index.get_level_values("run")[0]
+    rounds = dict(rounds=[{"median_ms": 10.0}] * 2, round_images_per_s=[100.0, 100.0])
+    timing.append(_timing("20260101T120000Z", "stpm", 100.0, **rounds))
+    t3 = report.table3_timing(timing, device_type="cuda")   # a run with rounds wins over later single passes
+    assert list(t3.columns) == ["stpm"] and t3.index.get_level_values("run")[0] == "20260101T120000Z"
 
 
 def test_timing_options_are_speedups_over_the_plain_model_of_the_same_run():

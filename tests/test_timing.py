@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from bench.build import build_detector
-from bench.timing import count_gmacs, latency_stats, measure, run_timing
+from bench.intervals import bootstrap_median, map_cost, per_round_ratio, run_ratios
+from bench.timing import (Cell, build_subjects, count_gmacs, interleaved_rounds, latency_stats, measure,
+                          run_timing, subject_fn)
 from bench.variants import create_variant
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none visible here)")
@@ -23,40 +25,117 @@ def test_measure_counts_iterations_after_warmup():
     assert len(ms) == 5 and len(calls) == 7 and (ms >= 0).all()
 
 
+def test_rounds_interleave_subjects_and_rotate_their_order():
+    order = []
+    fns = {n: (lambda x, n=n: order.append(n)) for n in "abc"}
+    out = interleaved_rounds(fns, {n: None for n in "abc"}, torch.device("cpu"), rounds=3, iters={"a": 1, "b": 1, "c": 1})
+    assert order == list("abc" "bca" "cab")          # round-robin, never one subject's rounds back to back
+    assert all(len(v) == 3 and len(v[0]["ms"]) == 1 and v[0]["cpu_s"] >= 0 for v in out.values())
+
+
+def test_bootstrap_median_interval_by_hand():
+    m, lo, hi = bootstrap_median([1.0, 1.0, 1.0, 1.0])
+    assert (m, lo, hi) == (1.0, 1.0, 1.0)
+    m, lo, hi = bootstrap_median([1.0, 2.0, 3.0, 3.0, 3.0, 3.0, 3.0, 4.0, 100.0])
+    assert m == 3.0 and 2.0 <= lo <= m <= hi <= 4.0   # one outlying round does not move the median
+    m, lo, hi = bootstrap_median([2.0])
+    assert m == 2.0 and np.isnan(lo)
+    with pytest.raises(ValueError):
+        bootstrap_median([])
+
+
+def _rec(name, ips, role="detector", floor=None, scope="map", bs=1):
+    return {"status": "ok", "run_id": "r1", "scope": scope, "batch_size": bs, "precision": "fp32",
+            "channels_last": False, "compile": False, "cuda_graphs": False, "name": name, "role": role,
+            "floor": floor, "round_images_per_s": ips, "median_ms": 1e3 * bs / np.median(ips),
+            "rounds": [{"median_ms": 1e3 * bs / v} for v in ips]}
+
+
+def test_ratios_are_per_round_with_the_floor():
+    recs = [_rec("reduced", [20, 40, 60], floor="teacher:x"), _rec("stpm", [10, 20, 30], floor="teacher:x"),
+            _rec("teacher:x", [40, 80, 120], role="teacher")]
+    assert per_round_ratio(recs[0], recs[1]).tolist() == [2, 2, 2]
+    table = run_ratios(recs).set_index("ratio")
+    # a drifting machine moves every subject together: per-round ratios stay exact
+    assert table.loc["reduced / stpm", "median"] == 2 and table.loc["reduced / stpm", "low"] == 2
+    assert table.loc["reduced / floor", "median"] == 0.5 and table.loc["stpm / floor", "median"] == 0.25
+    assert "stpm / reduced" not in table.index and len(table) == 3
+
+
+def test_ratios_never_mix_runs():
+    a, b = _rec("reduced", [20, 20]), _rec("stpm", [10, 10])
+    b["run_id"] = "r2"
+    assert run_ratios([a, b]).empty
+
+
+def test_map_cost_is_map_minus_network_per_image():
+    recs = [_rec("reduced", [100, 100], scope="network", bs=2), _rec("reduced", [50, 50], scope="map", bs=2)]
+    row = map_cost(recs).iloc[0]
+    assert row["map - network (us/image)"].startswith("10000")     # 20 ms - 10 ms per image
+
+
+def test_teacher_floor_and_map_paths_are_subjects():
+    subs = build_subjects([("reduced", create_variant("reduced")), ("stpm", create_variant("stpm")),
+                           ("mixed", create_variant("mixed"))], map_paths=("exact", "lean"), peers=False)
+    names = [s.name for s in subs]
+    # reduced and STPM share ResNet-18 to layer3: one floor; mixed has one map path (Eq. 11 stays exact)
+    assert names == ["teacher:resnet18[..layer3]", "reduced@exact", "reduced@lean", "stpm@exact", "stpm@lean",
+                     "teacher:resnet18[..layer2]+efficientnet_b0[..blocks.6]", "mixed@exact"]
+    assert all(s.floor in names for s in subs if s.role == "detector")
+
+
+def test_end_to_end_starts_from_uint8_and_returns_score_and_fp16_map():
+    s = build_subjects([("reduced", create_variant("reduced"))], peers=False)[1]
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    scores, maps = subject_fn(s, "end_to_end", torch.device("cpu"), torch.float32)(x)
+    assert scores.shape == (2,) and maps.shape == (2, 64, 64) and maps.dtype == torch.float16
+
+
 def test_reduced_costs_fewer_macs_than_stpm():
     red = build_detector(create_variant("reduced", teacher_init="random"))
     stpm = build_detector(create_variant("stpm", teacher_init="random"))
     assert 0 < count_gmacs(red, 64, torch.device("cpu")) < count_gmacs(stpm, 64, torch.device("cpu"))
 
 
-def test_cpu_run_records_every_scope(tmp_path):
-    recs = run_timing(device="cpu", variants=["reduced", "stpm"], batch_sizes=[1, 2], iters=2, warmup=1,
-                      results=tmp_path, image_size=64, peers=False)
-    assert {(r["name"], r["scope"]) for r in recs} == {(n, s) for n in ("reduced", "stpm")
-                                                       for s in ("network", "map", "end_to_end")}
+def test_cpu_run_records_every_round_of_every_subject_per_cell(tmp_path):
+    recs = run_timing(device="cpu", variants=["reduced", "stpm"], batch_sizes=[1, 2], scopes=["network", "map"],
+                      iters=2, warmup=1, rounds=3, threads=1, results=tmp_path, image_size=64, peers=False)
+    assert {(r["name"], r["scope"]) for r in recs} == {(n, s) for n in ("reduced", "stpm", "teacher:resnet18[..layer3]")
+                                                       for s in ("network", "map")}
     files = list((tmp_path / "timing").rglob("*.json"))
     assert len(files) == len(recs) == 12
     r = json.loads(files[0].read_text())
-    for key in ("median_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "images_per_s", "iters", "warmup",
-                "gmacs", "student_params_m", "peak_rss_mb"):
+    assert r["schema_version"] == 2 and len(r["rounds"]) == 3 and all(len(x["ms"]) == 2 for x in r["rounds"])
+    for key in ("median_ms", "p99_ms", "images_per_s", "round_images_per_s", "warmup", "student_params_m",
+                "peak_rss_mb", "precision_mode"):
         assert key in r
-    assert r["env"]["cpu_threads"] >= 1 and r["env"]["software"]["torch"] and r["env"]["git_revision"]
+    assert r["env"]["threads_set"] == 1 and r["env"]["allocator"] and r["env"]["git_revision"]
+    assert len(run_ratios(recs)) == 4 * 3   # reduced/stpm, reduced/floor, stpm/floor in 4 cells
 
 
-def test_cuda_requested_without_cuda_is_an_error(tmp_path):
-    if torch.cuda.is_available():
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(device="cuda"), "no CUDA device"),
+    (dict(precision_mode="amp"), "precision mode"),
+    (dict(rounds=1), "at least 2"),
+])
+def test_refusals(tmp_path, kwargs, match):
+    if kwargs.get("device") == "cuda" and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    with pytest.raises(RuntimeError, match="no CUDA device"):
-        run_timing(device="cuda", results=tmp_path)
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        run_timing(results=tmp_path, **kwargs)
+
+
+def test_cell_tag_names_its_options():
+    assert Cell("map", 8, "fp16", channels_last=True, cuda_graphs=True).tag == "map_b8_fp16_cl_graphs"
 
 
 @cuda
-def test_cuda_run_uses_events_and_records_memory(tmp_path):
+def test_cuda_run_uses_events_graphs_and_checks_the_gpu_is_idle(tmp_path):
     recs = run_timing(device="cuda", variants=["reduced"], batch_sizes=[1, 4], precisions=["fp32", "fp16"],
-                      iters=5, warmup=2, results=tmp_path, cuda_graphs=True, peers=False)
+                      iters=5, warmup=2, rounds=2, results=tmp_path, peers=False)
     ok = [r for r in recs if r["status"] == "ok"]
-    assert ok and all(r["peak_device_mem_mb"] > 0 for r in ok)
-    assert all(r["env"]["cudnn_benchmark"] is True and r["env"]["cuda"] for r in ok)
+    assert ok and all(r["peak_device_mem_mb_cell"] > 0 for r in ok)
+    assert all(r["env"]["cudnn_benchmark"] is True and r["gpu_activity"]["before"] is not None for r in ok)
     assert any(r["cuda_graphs"] for r in ok)
 
 
@@ -69,9 +148,7 @@ def test_cuda_measure_with_events():
 
 def test_grid_architectures_are_timed_once_each(tmp_path):
     recs = run_timing(device="cpu", grid="readings", batch_sizes=[1], scopes=["network"], iters=1, warmup=1,
-                      results=tmp_path, image_size=64, peers=False)
-    # readings: score and fusion do not change the architecture, the EfficientNet student does
-    assert len(recs) == 2 and {r["variant"]["student2"] for r in recs} == {"conv", "copy"}
-    pooling = run_timing(device="cpu", grid="pooling", batch_sizes=[1], scopes=["network"], iters=1, warmup=1,
-                         results=tmp_path, image_size=64, peers=False)
-    assert {r["variant"]["pooling"] for r in pooling} == {True, False}
+                      rounds=2, results=tmp_path, image_size=64, peers=False)
+    dets = [r for r in recs if r["role"] == "detector"]
+    # readings: score, fusion and map weighting do not change the architecture, the EfficientNet student does
+    assert len(dets) == 2 and {r["variant"]["student2"] for r in dets} == {"conv", "copy"}

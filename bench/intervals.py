@@ -1,0 +1,103 @@
+"""Ratios between timed subjects, taken within one run and one round, with bootstrap intervals.
+
+Two subjects timed in the same round saw the same machine state; their throughput ratio in that
+round is one observation. A ratio is reported as the median over rounds with a percentile bootstrap
+95 % interval (rounds resampled), never as a quotient of two numbers measured at different times.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+# (numerator, denominator) by subject name before any '@map-path' suffix
+PAIRS = (("reduced", "stpm"), ("reduced", "anomalib-stfpm"), ("stpm", "anomalib-stfpm"), ("mixed", "reduced"))
+CELL_KEYS = ("run_id", "scope", "batch_size", "precision", "channels_last", "compile", "cuda_graphs")
+
+
+def bootstrap_median(values, n_boot: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(median, low, high): the median of VALUES and its percentile-bootstrap interval."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        raise ValueError("no values to summarise")
+    if len(v) == 1:
+        return float(v[0]), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    boots = np.median(v[rng.integers(0, len(v), (n_boot, len(v)))], axis=1)
+    lo, hi = np.percentile(boots, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return float(np.median(v)), float(lo), float(hi)
+
+
+def per_round_ratio(a: dict, b: dict) -> np.ndarray:
+    """Throughput of A over B in each round both ran (records of one cell of one run)."""
+    n = min(len(a["round_images_per_s"]), len(b["round_images_per_s"]))
+    return np.asarray(a["round_images_per_s"][:n]) / np.asarray(b["round_images_per_s"][:n])
+
+
+def fmt_interval(m: float, lo: float, hi: float, digits: int = 2) -> str:
+    return f"{m:.{digits}f}" if np.isnan(lo) else f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _base(name: str) -> str:
+    return name.split("@")[0]
+
+
+def _path(name: str) -> str | None:
+    return name.split("@")[1] if "@" in name else None
+
+
+def _with_rounds(records):
+    return [r for r in records if r.get("status") == "ok" and r.get("round_images_per_s")]
+
+
+def run_ratios(records: list[dict]) -> pd.DataFrame:
+    """Every named pair and every detector's fraction of floor (detector / its teachers alone), per
+    cell of each run: median over rounds [95 % interval]."""
+    rows = []
+    cells: dict[tuple, dict] = {}
+    for r in _with_rounds(records):
+        cells.setdefault(tuple(r[k] for k in CELL_KEYS), {})[r["name"]] = r
+    for key, subjects in cells.items():
+        head = dict(zip(CELL_KEYS, key))
+        for a in subjects.values():
+            for b in subjects.values():
+                same_path = _path(a["name"]) == _path(b["name"]) or "peer" in (a.get("role"), b.get("role"))
+                if (_base(a["name"]), _base(b["name"])) in PAIRS and same_path:
+                    rows.append({**head, "ratio": f"{a['name']} / {b['name']}",
+                                 **_summary(per_round_ratio(a, b))})
+            if a.get("role") == "detector" and a.get("floor") in subjects:
+                rows.append({**head, "ratio": f"{a['name']} / floor",
+                             **_summary(per_round_ratio(a, subjects[a["floor"]]))})
+    return pd.DataFrame(rows)
+
+
+def _summary(values) -> dict:
+    m, lo, hi = bootstrap_median(values)
+    return {"median": m, "low": lo, "high": hi, "rounds": len(values), "value": fmt_interval(m, lo, hi)}
+
+
+def map_cost(records: list[dict]) -> pd.DataFrame:
+    """What the anomaly map costs each detector: `map` minus `network` latency per image, per round
+    of one run (both scopes are timed in separate cells of the same run), median [95 % interval]."""
+    by = {}
+    for r in _with_rounds(records):
+        if r.get("role") == "detector" and r["scope"] in ("network", "map"):
+            key = (r["run_id"], r["name"], r["batch_size"], r["precision"], r["channels_last"], r["compile"],
+                   r["cuda_graphs"])
+            by.setdefault(key, {})[r["scope"]] = r
+    rows = []
+    for key, pair in by.items():
+        if len(pair) == 2:
+            bs = key[2]
+            n = min(len(pair["map"]["rounds"]), len(pair["network"]["rounds"]))
+            diff = [(pair["map"]["rounds"][i]["median_ms"] - pair["network"]["rounds"][i]["median_ms"]) / bs * 1e3
+                    for i in range(n)]
+            m, lo, hi = bootstrap_median(diff)
+            rows.append({"run_id": key[0], "subject": key[1], "batch_size": bs, "precision": key[3],
+                         "options": _options(pair["map"]), "map - network (us/image)": fmt_interval(m, lo, hi, 0),
+                         "map share of map scope": f"{m / (pair['map']['median_ms'] / bs * 1e3):.0%}"})
+    return pd.DataFrame(rows)
+
+
+def _options(r: dict) -> str:
+    return "+".join(n for n, on in (("channels_last", r["channels_last"]), ("compile", r["compile"]),
+                                    ("graphs", r["cuda_graphs"])) if on) or "plain"
