@@ -57,7 +57,8 @@ class _Task(Task):
         return super().arg_opts(name, default, taken_names | {"-"})
 
 
-@task(klass=_Task, iterable=["slurm_setup"], help={"grid": "grid file name in ablations/ (or a path)", "data": "dataset folder(s), comma-separated",
+@task(klass=_Task, iterable=["slurm_setup"],
+      help={"grid": "grid file name in ablations/ (or a path)", "data": "dataset folder(s), comma-separated",
             "categories": "comma-separated categories", "seeds": "comma-separated seeds",
             "epochs": "epochs per run", "recipe": "training recipe (paper, official, quick)",
             "device": "cpu, cuda, cuda:1 ...", "executor": "local or slurm", "dry_run": "list the jobs only",

@@ -185,7 +185,8 @@ def run_grid(jobs: list[Job], results: str | Path = "results", device: str = "cp
              force: bool = False, weights: dict | None = None, slurm_partition: str | None = None,
              max_parallel: int = 8, slurm_folder: str | Path | None = None, submitit_cluster: str | None = None,
              timeout_min: int = 240, jobs_per_device: int = 1, slurm_account: str | None = None,
-             slurm_cpus: int | None = None, slurm_gpus: int | None = None, slurm_setup: list[str] | None = None) -> dict:
+             slurm_cpus: int | None = None, slurm_gpus: int | None = None,
+             slurm_setup: list[str] | None = None) -> dict:
     results = str(results)
     _clean_partial_files(results)
     todo = [j for j in jobs if force or not is_done(j, results)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,7 +27,6 @@ class SlurmOptions:
     cpus_per_task: int | None = None  # None: the partition's default (one CPU on most clusters)
     gpus: int | None = None           # None: one GPU when the device is CUDA, none asked for otherwise
     setup: tuple[str, ...] = ()       # shell lines run before the task, e.g. "source venv/bin/activate"
-    python: str | None = None         # interpreter on the nodes; default this one (sys.executable)
     max_parallel: int = 8             # array concurrency cap (%N)
     folder: str | Path | None = None  # submitit logs; default <results>/slurm
     cluster: str | None = None        # submitit's: None (detect), "slurm", "local" (tests), "debug"
@@ -40,8 +38,7 @@ def run_array(jobs: list[Job], results: str, device: str, weights: dict | None, 
         return {}
     results = str(Path(results).resolve())  # tasks may start elsewhere than here
     folder = Path(opts.folder or Path(results) / "slurm").resolve()
-    ex = submitit.AutoExecutor(folder=str(folder), cluster=opts.cluster,
-                               **({"slurm_python": opts.python} if opts.python else {}))
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=opts.cluster)  # tasks run sys.executable
     params = dict(timeout_min=int(opts.time_min), slurm_array_parallelism=int(opts.max_parallel))
     if opts.cluster in (None, "slurm"):
         gpus = opts.gpus if opts.gpus is not None else (1 if device.startswith("cuda") else None)
@@ -67,7 +64,7 @@ def _environment_lines() -> list[str]:
 
 def _task(job: Job, results: str, device: str, weights: dict | None) -> str:
     """What one array task runs: the grid's run_one, plus the task's log files on a failed record."""
-    from bench.grid import run_one
+    from bench.grid import run_one  # here, not at the top: bench.grid imports this module
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus:  # without cgroups torch sees every core of the node, and tasks sharing it oversubscribe
         import torch
@@ -76,25 +73,27 @@ def _task(job: Job, results: str, device: str, weights: dict | None) -> str:
     if outcome != "ok":
         import submitit
         env = submitit.JobEnvironment()
-        note_failure(job, results, device, {"job_id": env.job_id, "log": str(env.paths.stdout),
-                                    "stderr": str(env.paths.stderr)})
+        note_failure(job, results, device,
+                     {"job_id": env.job_id, "log": str(env.paths.stdout), "stderr": str(env.paths.stderr)})
     return outcome
 
 
 def note_failure(job: Job, results: str, device: str, slurm: dict, error: str | None = None) -> None:
-    """Add the SLURM task and its logs to the job's failed record, or write one for a task the
-    scheduler killed (time limit, scancel, node failure) before it could. An ok record is never touched."""
+    """Add the SLURM task and its logs to the failed record the task just wrote; with an error, the
+    task itself could not record it (time limit, scancel, node failure): a failed record of its own,
+    unless this very task recorded its failure before it was killed. An ok record is never touched."""
     import json
     path = job.record_path(results)
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         record = None
-    if record is not None and record.get("status") == "ok":
+    if record is not None and (record.get("status") == "ok" or
+                               (error and record.get("slurm", {}).get("job_id") == slurm["job_id"])):
         return
-    if record is None:
+    if record is None or error:  # an older attempt's failed record says nothing about this one
         from bench.run import _base_record
-        record = {**_base_record(job, device), "status": "failed", "error": error or "killed by the scheduler"}
+        record = {**_base_record(job, device), "status": "failed", "error": error or "no record written"}
     record["slurm"] = slurm
     write_json_atomic(path, record)
 
