@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from invoke import task
+from invoke import Task, task
 
 PY = sys.executable
 
@@ -49,18 +49,32 @@ def variants(c, pattern="*"):
         print(f"{name:16s} {v.key}  {v.describe()}")
 
 
-@task(help={"grid": "grid file name in ablations/ (or a path)", "data": "dataset folder(s), comma-separated",
+class _Task(Task):
+    """invoke picks short flags from an option's letters and would give '-' (from 'slurm-') to one:
+    '--' is the command line's own separator."""
+
+    def arg_opts(self, name, default, taken_names):
+        return super().arg_opts(name, default, taken_names | {"-"})
+
+
+@task(klass=_Task, iterable=["slurm_setup"],
+      help={"grid": "grid file name in ablations/ (or a path)", "data": "dataset folder(s), comma-separated",
             "categories": "comma-separated categories", "seeds": "comma-separated seeds",
             "epochs": "epochs per run", "recipe": "training recipe (paper, official, quick)",
             "device": "cpu, cuda, cuda:1 ...", "executor": "local or slurm", "dry_run": "list the jobs only",
             "force": "recompute jobs that have records", "list": "list the grids",
             "results": "results folder", "weights": "BACKBONE=PATH[,...] local teacher weight files",
             "slurm_partition": "SLURM partition", "max_parallel": "SLURM array concurrency cap",
+            "slurm_account": "SLURM account to charge", "slurm_time": "SLURM time limit per job, minutes",
+            "slurm_cpus": "SLURM CPUs per job (default: the partition's)",
+            "slurm_gpus": "SLURM GPUs per job (default: 1 with --device cuda, else none)",
+            "slurm_setup": "shell line run before each job, e.g. 'source /path/.venv/bin/activate' (repeatable)",
             "set": "FIELD=VALUE[,...] applied to every variant, e.g. teacher=tf_efficientnet_lite0",
             "jobs_per_device": "local executor: worker processes per device (several small trainings fill a large GPU)"})
 def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, recipe=None, device=None,
            executor="local", dry_run=False, force=False, list=False, results="results", weights=None,
-           slurm_partition=None, max_parallel=8, set=None, jobs_per_device=1):
+           slurm_partition=None, max_parallel=8, set=None, jobs_per_device=1, slurm_account=None, slurm_time=240,
+           slurm_cpus=None, slurm_gpus=None, slurm_setup=None):
     """Expand a grid into jobs and run the ones without a record."""
     from bench import grid as grid_mod
     if list or not grid:
@@ -76,7 +90,9 @@ def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, re
         return
     grid_mod.run_grid(jobs, results=results, device=device or "cpu", executor=executor, force=force,
                       weights=_weights(weights), slurm_partition=slurm_partition, max_parallel=int(max_parallel),
-                      jobs_per_device=int(jobs_per_device))
+                      jobs_per_device=int(jobs_per_device), slurm_account=slurm_account,
+                      timeout_min=int(slurm_time), slurm_cpus=int(slurm_cpus) if slurm_cpus else None,
+                      slurm_gpus=int(slurm_gpus) if slurm_gpus is not None else None, slurm_setup=slurm_setup)
 
 
 @task(help={"device": "cpu or cuda", "variants": "comma-separated registered variants",

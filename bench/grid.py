@@ -18,7 +18,6 @@ import dataclasses
 import itertools
 import json
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from bench.data import detect_layout
 from bench.run import Job, run_job, write_failure
+from bench.slurm import SlurmOptions, run_array
 from bench.store import read_records
 from bench.variants import Variant, create_variant
 
@@ -184,7 +184,9 @@ def _cuda_devices(device: str) -> list[str]:
 def run_grid(jobs: list[Job], results: str | Path = "results", device: str = "cpu", executor: str = "local",
              force: bool = False, weights: dict | None = None, slurm_partition: str | None = None,
              max_parallel: int = 8, slurm_folder: str | Path | None = None, submitit_cluster: str | None = None,
-             timeout_min: int = 240, jobs_per_device: int = 1) -> dict:
+             timeout_min: int = 240, jobs_per_device: int = 1, slurm_account: str | None = None,
+             slurm_cpus: int | None = None, slurm_gpus: int | None = None,
+             slurm_setup: list[str] | None = None) -> dict:
     results = str(results)
     _clean_partial_files(results)
     todo = [j for j in jobs if force or not is_done(j, results)]
@@ -194,8 +196,10 @@ def run_grid(jobs: list[Job], results: str | Path = "results", device: str = "cp
     print(f"{len(jobs)} jobs, {len(jobs) - len(todo)} already recorded, {len(todo)} to run", flush=True)
     outcomes: dict[str, str] = {}
     if executor == "slurm":
-        outcomes = _run_submitit(todo, results, device, weights, slurm_partition, max_parallel,
-                                 slurm_folder or Path(results) / "slurm", submitit_cluster, timeout_min)
+        outcomes = _run_submitit(todo, results, device, weights, SlurmOptions(
+            partition=slurm_partition, account=slurm_account, time_min=timeout_min, cpus_per_task=slurm_cpus,
+            gpus=slurm_gpus, setup=tuple(slurm_setup or ()), max_parallel=max_parallel,
+            folder=slurm_folder, cluster=submitit_cluster))
     elif executor == "local":
         devices = _cuda_devices(device) * max(1, jobs_per_device)
         if len(devices) > 1:
@@ -261,33 +265,12 @@ def _run_pool(jobs, results, devices, weights) -> dict:
     return outcomes
 
 
-def _run_submitit(jobs, results, device, weights, partition, max_parallel, folder, cluster, timeout_min) -> dict:
+def _run_submitit(jobs, results, device, weights, opts: SlurmOptions) -> dict:
     try:
-        import submitit
+        import submitit  # noqa: F401
     except ImportError as err:
         raise GridError("the slurm executor needs submitit: pip install 'bench[cluster]'") from err
-    if not jobs:
-        return {}
-    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-    params = dict(timeout_min=timeout_min, slurm_array_parallelism=max_parallel)
-    if cluster in (None, "slurm"):
-        params.update(gpus_per_node=1 if device.startswith("cuda") else 0, cpus_per_task=8)
-        if partition:
-            params["slurm_partition"] = partition
-    ex.update_parameters(**params)
-    n = len(jobs)
-    submitted = ex.map_array(run_one, jobs, [str(Path(results).resolve())] * n, [device] * n, [weights] * n)
-    print(f"submitted {n} jobs as array {submitted[0].job_id.split('_')[0]}; logs in {folder}", flush=True)
-    outcomes = {}
-    start = time.time()
-    for i, (job, handle) in enumerate(zip(jobs, submitted), 1):
-        try:
-            outcomes[job.describe()] = handle.result()
-        except Exception as err:  # noqa: BLE001 - a job killed by the scheduler
-            outcomes[job.describe()] = f"failed: {type(err).__name__}: {err}"
-        eta = (time.time() - start) / i * (n - i)
-        print(f"[{i}/{n}] {job.describe()}: {outcomes[job.describe()]} (ETA {eta:.0f} s)", flush=True)
-    return outcomes
+    return run_array(jobs, results, device, weights, opts)
 
 
 def print_summary(jobs: list[Job], results: str | Path) -> None:
