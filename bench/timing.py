@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from bench.build import build_detector
 from bench.detector import Detector
-from bench.env import git_revision, hardware, software
+from bench.env import check_device, git_revision, hardware, software
+from bench.errors import UsageError
 from bench.store import write_json_atomic
 from bench.variants import create_variant
 
@@ -165,10 +166,9 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
                results: str | Path = "results", image_size: int = 256, grid: str | None = None,
                overrides: dict | None = None) -> list[dict]:
     """Time registered variants (by name) and/or every distinct architecture of a grid file."""
-    dev = torch.device(device)
+    dev = torch.device(check_device(device))
     cuda = dev.type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    check_options(batch_sizes, precisions, scopes, iters, warmup, image_size, cuda)
     if cuda:
         torch.backends.cudnn.benchmark = True
     named = [(n, create_variant(n, **(overrides or {}))) for n in (variants or ([] if grid else DEFAULT_VARIANTS))]
@@ -178,8 +178,8 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
     batch_sizes = sorted(batch_sizes or ((1, 8, 32, 64) if cuda else (1, 8, 32)))
     precisions = list(precisions or (("fp32", "fp16", "bf16") if cuda else ("fp32",)))
     scopes = list(scopes or SCOPES)
-    iters = iters or (200 if cuda else 10)
-    warmup = warmup or (20 if cuda else 2)
+    iters = iters if iters is not None else (200 if cuda else 10)
+    warmup = warmup if warmup is not None else (20 if cuda else 2)
     options = [(cl, comp, graphs) for cl in ([False, True] if channels_last else [False])
                for comp in ([False, True] if compile else [False])
                for graphs in ([False, True] if cuda_graphs and cuda else [False])]
@@ -222,16 +222,43 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
                 torch.cuda.empty_cache()
             rec.update(status="oom" if _is_oom(err) else "failed", error=f"{type(err).__name__}: {err}"[:500])
         records.append(rec)
+        _write(out_dir, rec)  # each case as it finishes: an interrupted sweep keeps what it measured
     bar.close()
     _add_peer_ratios(records)
     for rec in records:
-        tag = "_".join([rec["name"], rec["scope"], f"b{rec['batch_size']}", rec["precision"],
-                        *(["cl"] if rec["channels_last"] else []), *(["compile"] if rec["compile"] else []),
-                        *(["graphs"] if rec["cuda_graphs"] else [])])
-        write_json_atomic(out_dir / f"{_slug(tag)}.json", rec)
+        if any(k.startswith("our_") for k in rec):  # the peer's records gained their ratios
+            _write(out_dir, rec)
     _print_table(records)
     print(f"{len(records)} timing records in {out_dir}")
     return records
+
+
+def _write(out_dir: Path, rec: dict) -> None:
+    tag = "_".join([rec["name"], rec["scope"], f"b{rec['batch_size']}", rec["precision"],
+                    *(["cl"] if rec["channels_last"] else []), *(["compile"] if rec["compile"] else []),
+                    *(["graphs"] if rec["cuda_graphs"] else [])])
+    write_json_atomic(out_dir / f"{_slug(tag)}.json", rec)
+
+
+def check_options(batch_sizes, precisions, scopes, iters, warmup, image_size, cuda: bool) -> None:
+    """Every option checked before anything is built: a bad one is an error, never a record."""
+    problems = []
+    if batch_sizes is not None and (not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes)):
+        problems.append(f"batch sizes must be whole numbers >= 1, got {list(batch_sizes)}")
+    bad = [p for p in precisions or () if p not in PRECISIONS]
+    if bad:
+        problems.append(f"unknown precisions {bad}; choose from {list(PRECISIONS)}")
+    bad = [x for x in scopes or () if x not in SCOPES]
+    if bad or (scopes is not None and not scopes):
+        problems.append(f"unknown scopes {bad}; choose from {list(SCOPES)}")
+    if iters is not None and (not isinstance(iters, int) or iters < 1):
+        problems.append(f"iters must be a whole number >= 1, got {iters!r}")
+    if warmup is not None and (not isinstance(warmup, int) or warmup < 0):
+        problems.append(f"warmup must be a whole number >= 0, got {warmup!r}")
+    if image_size < 32 or image_size % 32:
+        problems.append(f"image size must be a positive multiple of 32, got {image_size}")
+    if problems:
+        raise UsageError("timing: " + "; ".join(problems))
 
 
 def _time_case(model, origin, scope, prec, cl, comp, graphs, bs, dev, iters, warmup, image_size) -> dict:
