@@ -99,8 +99,8 @@ def test_student_groups_keep_jobs_that_share_a_student_together(tiny):
     from bench.grid import student_groups
     jobs = expand(load_grid("readings"), data=[str(tiny)], categories=["weave"], seeds=[0, 1])
     groups = student_groups(jobs)
-    assert len(groups) == 4  # student2 conv/copy x 2 seeds; score and fusion are evaluation-only
-    assert all(len(g) == 4 and len({j.variant.train_key for j in g}) == 1 for g in groups)
+    assert len(groups) == 4  # student2 conv/copy x 2 seeds; score, fusion, map_weighting are evaluation-only
+    assert all(len(g) == 8 and len({j.variant.train_key for j in g}) == 1 for g in groups)
     assert sorted(j.describe() for g in groups for j in g) == sorted(j.describe() for j in jobs)
 
 
