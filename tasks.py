@@ -225,6 +225,8 @@ def tables(c, results="results", datasets=""):
     from bench.report import load_runs
     from bench.store import check_results_folder
     folder = check_results_folder(results, create=False)
+    if not folder.exists():
+        raise _usage(f"--results {results} does not exist")
     if not (folder / "runs").is_dir() and not (folder / "timing").is_dir():
         raise _usage(f"--results {results}: no runs/ or timing/ folder of records there (nothing to render)")
     wanted = _csv(datasets) or []

@@ -230,9 +230,10 @@ def is_done(job: Job, results: str | Path) -> bool:
     if not path.is_file():
         return False
     try:
-        return json.loads(path.read_text()).get("status") == "ok"
-    except ValueError:
+        rec = json.loads(path.read_text())
+    except (ValueError, OSError):  # a broken file where the record belongs: the job runs again
         return False
+    return isinstance(rec, dict) and rec.get("status") == "ok"
 
 
 def print_plan(jobs: list[Job], results: str | Path = "results") -> None:
