@@ -174,8 +174,8 @@ def load_hub_model(backbone: str) -> nn.Module:
         with _hub_offline(not hub_reachable()):
             return timm.create_model(backbone, pretrained=True)
     except Exception as err:  # offline machines end here: say exactly how to proceed
-        offline = "" if hub_reachable() else "the hub is unreachable from this machine; "
-        _HUB_FAILED[backbone] = offline + f"{type(err).__name__}: {str(err)[:100]}"
+        _HUB_FAILED[backbone] = (f"{type(err).__name__}: {str(err)[:160]}" if hub_reachable() else
+                                 "the hub is unreachable from this machine, and its local cache holds no copy")
         raise _hub_error(backbone, _HUB_FAILED[backbone]) from err
 
 
