@@ -137,13 +137,14 @@ def variants(c, pattern="*"):
             "epochs": "epochs per run", "recipe": "training recipe (paper, official, quick, demo)",
             "device": "cpu, cuda, cuda:1 ...", "executor": "local or slurm", "dry_run": "list the jobs only",
             "force": "recompute jobs that have records", "list": "list the grids",
-            "results": "results folder", "weights": "BACKBONE=PATH[,...] local teacher weight files",
+            "results": "results folder (default results; results/demo for --data demo)",
+            "weights": "BACKBONE=PATH[,...] local teacher weight files",
             "slurm_partition": "SLURM partition", "max_parallel": "SLURM array concurrency cap (default 8)",
             "set": "FIELD=VALUE[,...] applied to every variant, e.g. teacher=tf_efficientnet_lite0",
             "jobs_per_device": "local executor: worker processes per device, default 1 (several small trainings fill a large GPU)"})
 @_boundary
 def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, recipe=None, device=None,
-           executor="local", dry_run=False, force=False, list=False, results="results", weights=None,
+           executor="local", dry_run=False, force=False, list=False, results=None, weights=None,
            slurm_partition=None, max_parallel=None, set=None, jobs_per_device=None):
     """Expand a grid into jobs and run the ones without a record; exits 1 if any job failed."""
     from bench import grid as grid_mod
@@ -162,8 +163,9 @@ def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, re
     jobs_per_device = _int("--jobs-per-device", jobs_per_device, 1) or 1
     max_parallel = _int("--max-parallel", max_parallel, 1) or 8
     weights = _weights(weights)
-    check_results_folder(results, create=not dry_run)
     spec = grid_mod.load_grid(grid)
+    results = results or grid_mod.default_results(spec, _csv(data))
+    check_results_folder(results, create=not dry_run)
     jobs = grid_mod.expand(spec, data=_csv(data), categories=_csv(categories), seeds=seeds, epochs=epochs,
                            recipe=recipe, overrides=grid_mod.parse_overrides(grid_mod.split_items(set)))
     if dry_run:

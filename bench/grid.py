@@ -163,6 +163,15 @@ def _datasets(spec: dict, data: list[str] | None, categories: list[str] | None
     return resolved
 
 
+def default_results(spec: dict, data: list[str] | None) -> str:
+    """Where records go when --results is not given: "results", unless every chosen dataset entry
+    names its own folder (the generated demo data keeps its records out of the committed ones)."""
+    entries = spec.get("datasets", {})
+    chosen = [entries.get(d) for d in data or [entries.get("default", "")]]
+    folders = {e.get("results") if isinstance(e, dict) else None for e in chosen}
+    return folders.pop() if len(folders) == 1 and None not in folders else "results"
+
+
 def _applicable(defaults: dict, base: str) -> dict:
     """A dataset entry's variant fields, only where the base preset has the field (not None)."""
     from bench.variants import PRESETS
