@@ -109,9 +109,9 @@ def test_several_workers_per_device_train_each_student_once(tiny, tmp_path):
     jobs = expand(load_grid("readings"), data=[str(tiny)], categories=["weave"], seeds=[0], epochs=1,
                   overrides=parse_overrides(TINY.split(",")))
     outcomes = run_grid(jobs, results=tmp_path / "res", jobs_per_device=2)
-    assert list(outcomes.values()) == ["ok"] * 8
+    assert list(outcomes.values()) == ["ok"] * 16  # readings: 16 variants, 2 students
     recs = [json.loads(p.read_text()) for p in (tmp_path / "res" / "runs").rglob("*.json")]
-    assert len(recs) == 8
+    assert len(recs) == 16
     assert sum(not r["train"].get("reused_checkpoint") for r in recs) == 2  # one training per student
     assert len(list((tmp_path / "res" / "checkpoints").rglob("*.pt"))) == 2
 
