@@ -2,49 +2,131 @@
 
     invoke demo                        train + evaluate reduced, STPM and mixed on generated data
     invoke variants [--pattern 'mixed*']
-    invoke ablate --grid layers [--data PATH] [--categories a,b] [--seeds 0,1,2] [--dry-run]
+    invoke ablate --grid layers [--data PATH|NAME] [--categories a,b] [--seeds 0,1,2] [--dry-run]
     invoke timing [--device cuda]
     invoke tables
     invoke test [--fast]
+
+The suite's own errors (bench.errors.BenchError: data, grid, variant, weights, recipe, device,
+results folder, a bad option value) print one message and exit 2; a job or timing case that failed
+makes the command exit 1 after the rest ran. BENCH_DEBUG=1 shows the traceback behind a message.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
+import warnings
 
-from invoke import Task, task
+from invoke import Exit, Task, task
 
 PY = sys.executable
+USAGE_EXIT = 2      # the command could not start: nothing ran
+FAILED_EXIT = 1     # it ran, and some jobs or cases failed (recorded; the rest finished)
 
 
-def _csv(text: str | None, cast=str):
-    return [cast(t) for t in text.split(",") if t] if text else None
+def _boundary(body):
+    """The one place the suite's errors become a message and an exit status; anything else is a
+    bug and keeps its traceback."""
+    @functools.wraps(body)
+    def wrapper(*args, **kwargs):
+        from bench.errors import BenchError
+        warnings.showwarning = _show_warning
+        try:
+            return body(*args, **kwargs)
+        except BenchError as err:
+            if os.environ.get("BENCH_DEBUG") == "1":
+                raise
+            raise Exit(f"error: {err}", code=USAGE_EXIT) from None
+    return wrapper
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
+def _usage(message: str):
+    from bench.errors import UsageError
+    return UsageError(message)
+
+
+def _csv(text: str | None, cast=str, option: str = "", minimum: int | None = None):
+    """'a,b' -> ['a', 'b'] (None when not given); with CAST int, each a whole number >= MINIMUM."""
+    if text is None or text is True or text == "":
+        return None
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if cast is str:
+        return items
+    out = []
+    for t in items:
+        try:
+            out.append(cast(t))
+        except ValueError:
+            raise _usage(f"{option} expects comma-separated whole numbers, got {text!r}") from None
+        if minimum is not None and out[-1] < minimum:
+            raise _usage(f"{option} must be >= {minimum}, got {out[-1]}")
+    if not out:
+        raise _usage(f"{option} expects comma-separated whole numbers, got {text!r}")
+    return out
+
+
+def _int(option: str, value, minimum: int):
+    """An option's whole number >= MINIMUM, or None when not given. 0 is a value, not 'not given'."""
+    if value is None:
+        return None
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise _usage(f"{option} expects a whole number, got {value!r}") from None
+    if number < minimum:
+        raise _usage(f"{option} must be >= {minimum}, got {number}")
+    return number
 
 
 def _weights(spec: str | None) -> dict:
-    """--weights 'backbone=path,backbone2=path2'."""
+    """--weights 'backbone=path,backbone2=path2': names known to timm, files that exist."""
+    from bench.backbones import timm
     out = {}
     for item in _csv(spec) or []:
         name, _, path = item.partition("=")
-        if not path:
-            raise SystemExit(f"--weights expects BACKBONE=PATH, got {item!r}")
+        if not path or not name:
+            raise _usage(f"--weights expects BACKBONE=PATH, got {item!r}")
+        if not timm.is_model(name):
+            raise _usage(f"--weights {item}: {name!r} is not a timm model name "
+                         "(the teachers here: resnet18, efficientnet_b0, tf_efficientnet_lite0)")
+        if not os.path.isfile(path):
+            raise _usage(f"--weights {item}: file {path} does not exist")
         out[name] = path
     return out
 
 
-@task(help={"results": "results folder", "epochs": "epochs per run (default: the demo's 12)",
+@task(help={"results": "results folder (default results/demo, which git ignores)",
+            "epochs": "epochs per run (default: the demo's 12)",
             "weights": "BACKBONE=PATH[,...] local teacher weight files"})
-def demo(c, results="results", epochs=None, weights=None):
+@_boundary
+def demo(c, results="results/demo", epochs=None, weights=None):
     """Generated texture-defect data -> reduced, STPM and mixed -> a table and run records."""
-    from bench.demo import run_demo
-    run_demo(results=results, epochs=int(epochs) if epochs else None, weights=_weights(weights))
+    from bench.demo import demo_variants, run_demo
+    from bench.store import check_results_folder
+    epochs = _int("--epochs", epochs, 1)
+    weights = _weights(weights)
+    used = {b for v in demo_variants().values() for b in (v.teacher, v.teacher2) if b}
+    if set(weights) - used:
+        raise _usage(f"--weights names backbones {sorted(set(weights) - used)} that the demo does not use; "
+                     f"it uses {sorted(used)}")
+    check_results_folder(results)
+    run_demo(results=results, epochs=epochs, weights=weights)
 
 
 @task(help={"pattern": "glob over registered names"})
+@_boundary
 def variants(c, pattern="*"):
     """List the registry of variants with their keys."""
     from bench.variants import PRESETS, list_variants
-    for name in list_variants(pattern):
+    names = list_variants(pattern)
+    if not names:
+        raise _usage(f"no registered variant matches {pattern!r}; registered: {', '.join(list_variants())}")
+    for name in names:
         v = PRESETS[name]
         print(f"{name:16s} {v.key}  {v.describe()}")
 
@@ -58,41 +140,61 @@ class _Task(Task):
 
 
 @task(klass=_Task, iterable=["slurm_setup"],
-      help={"grid": "grid file name in ablations/ (or a path)", "data": "dataset folder(s), comma-separated",
+      help={"grid": "grid file name in ablations/ (or a path)",
+            "data": "dataset entry name(s) (mvtec_textures, btad, shared, demo) or folder(s), comma-separated",
             "categories": "comma-separated categories", "seeds": "comma-separated seeds",
-            "epochs": "epochs per run", "recipe": "training recipe (paper, official, quick)",
+            "epochs": "epochs per run", "recipe": "training recipe (paper, official, quick, demo)",
             "device": "cpu, cuda, cuda:1 ...", "executor": "local or slurm", "dry_run": "list the jobs only",
             "force": "recompute jobs that have records", "list": "list the grids",
-            "results": "results folder", "weights": "BACKBONE=PATH[,...] local teacher weight files",
-            "slurm_partition": "SLURM partition", "max_parallel": "SLURM array concurrency cap",
+            "results": "results folder (default results; results/demo for --data demo)",
+            "weights": "BACKBONE=PATH[,...] local teacher weight files",
+            "slurm_partition": "SLURM partition", "max_parallel": "SLURM array concurrency cap (default 8)",
             "slurm_account": "SLURM account to charge", "slurm_time": "SLURM time limit per job, minutes",
             "slurm_cpus": "SLURM CPUs per job (default: the partition's)",
             "slurm_gpus": "SLURM GPUs per job (default: 1 with --device cuda, else none)",
             "slurm_setup": "shell line run before each job, e.g. 'source /path/.venv/bin/activate' (repeatable)",
             "set": "FIELD=VALUE[,...] applied to every variant, e.g. teacher=tf_efficientnet_lite0",
-            "jobs_per_device": "local executor: worker processes per device (several small trainings fill a large GPU)"})
+            "jobs_per_device": "local executor: worker processes per device, default 1 (several small trainings fill a large GPU)"})
+@_boundary
 def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, recipe=None, device=None,
-           executor="local", dry_run=False, force=False, list=False, results="results", weights=None,
-           slurm_partition=None, max_parallel=8, set=None, jobs_per_device=1, slurm_account=None, slurm_time=240,
-           slurm_cpus=None, slurm_gpus=None, slurm_setup=None):
-    """Expand a grid into jobs and run the ones without a record."""
+           executor="local", dry_run=False, force=False, list=False, results=None, weights=None,
+           slurm_partition=None, max_parallel=None, set=None, jobs_per_device=None, slurm_account=None,
+           slurm_time=None, slurm_cpus=None, slurm_gpus=None, slurm_setup=None):
+    """Expand a grid into jobs and run the ones without a record; exits 1 if any job failed."""
     from bench import grid as grid_mod
+    from bench.env import check_device
+    from bench.store import check_results_folder
     if list or not grid:
         for name, desc in grid_mod.list_grids():
             print(f"{name:10s} {desc}")
         return
+    # every option checked before the grid expands (which may generate the demo data)
+    if executor not in grid_mod.EXECUTORS:
+        raise _usage(f"unknown executor {executor!r}: use {' or '.join(grid_mod.EXECUTORS)}")
+    device = check_device(device or "cpu")
+    seeds = _csv(seeds, int, "--seeds", minimum=0)
+    epochs = _int("--epochs", epochs, 1)
+    jobs_per_device = _int("--jobs-per-device", jobs_per_device, 1) or 1
+    max_parallel = _int("--max-parallel", max_parallel, 1) or 8
+    weights = _weights(weights)
     spec = grid_mod.load_grid(grid)
-    jobs = grid_mod.expand(spec, data=_csv(data), categories=_csv(categories), seeds=_csv(seeds, int),
-                           epochs=int(epochs) if epochs else None, recipe=recipe,
-                           overrides=grid_mod.parse_overrides(_csv(set)))
+    results = results or grid_mod.default_results(spec, _csv(data))
+    check_results_folder(results, create=not dry_run)
+    jobs = grid_mod.expand(spec, data=_csv(data), categories=_csv(categories), seeds=seeds, epochs=epochs,
+                           recipe=recipe, overrides=grid_mod.parse_overrides(grid_mod.split_items(set)))
     if dry_run:
         grid_mod.print_plan(jobs, results)
         return
-    grid_mod.run_grid(jobs, results=results, device=device or "cpu", executor=executor, force=force,
-                      weights=_weights(weights), slurm_partition=slurm_partition, max_parallel=int(max_parallel),
-                      jobs_per_device=int(jobs_per_device), slurm_account=slurm_account,
-                      timeout_min=int(slurm_time), slurm_cpus=int(slurm_cpus) if slurm_cpus else None,
-                      slurm_gpus=int(slurm_gpus) if slurm_gpus is not None else None, slurm_setup=slurm_setup)
+    outcomes = grid_mod.run_grid(jobs, results=results, device=device, executor=executor, force=force,
+                                 weights=weights, slurm_partition=slurm_partition, max_parallel=max_parallel,
+                                 jobs_per_device=jobs_per_device, slurm_account=slurm_account,
+                                 timeout_min=_int("--slurm-time", slurm_time, 1) or 240,
+                                 slurm_cpus=_int("--slurm-cpus", slurm_cpus, 1),
+                                 slurm_gpus=_int("--slurm-gpus", slurm_gpus, 0), slurm_setup=slurm_setup)
+    failed = sum(v != "ok" for v in outcomes.values())
+    if failed:
+        raise Exit(f"{failed} of {len(outcomes)} job(s) failed (listed above, recorded with their error; "
+                   "a rerun retries them)", code=FAILED_EXIT)
 
 
 @task(help={"device": "cpu or cuda", "variants": "comma-separated registered variants",
@@ -103,31 +205,67 @@ def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, re
             "channels_last": "also time channels_last",
             "no_cuda_graphs": "CUDA: time eager only (default: CUDA graphs beside eager at batch <= 8)",
             "peers": "also time anomalib's STFPM when installed", "rounds": "interleaved rounds per cell (>= 2)",
-            "iters": "iterations per round (default: CUDA 50; CPU enough for ~0.4 s)",
-            "warmup": "warm-up iterations", "threads": "CPU threads (default: all cores; recorded)",
+            "iters": "iterations per round (>= 1; default: CUDA 50; CPU enough for ~0.4 s)",
+            "warmup": "warm-up iterations (>= 0)", "threads": "CPU threads (default: all cores; recorded)",
             "map_paths": "lean,exact: which anomaly-map paths to time side by side (default lean)",
             "results": "results folder",
             "grid": "also time every distinct architecture of this grid (layers, pooling, teachers...)",
-            "set": "FIELD=VALUE[,...] applied to every variant"})
+            "set": "FIELD=VALUE[,...] applied to every variant"},
+      auto_shortflags=False)  # -h is help, not --channels-last
+@_boundary
 def timing(c, device="cpu", variants=None, batch_sizes=None, precisions=None, precision_mode="cast", scopes=None,
-           compile=False, channels_last=False, no_cuda_graphs=False, peers=True, rounds=7, iters=None,
+           compile=False, channels_last=False, no_cuda_graphs=False, peers=True, rounds=None, iters=None,
            warmup=None, threads=None, map_paths="lean", results="results", grid=None, set=None):
-    """Latency and throughput: subjects side by side in interleaved rounds; records in results/timing/."""
-    from bench.grid import parse_overrides
+    """Latency and throughput, subjects side by side in interleaved rounds; one record per case in
+    results/timing/; exits 1 if any case failed."""
+    from bench.grid import parse_overrides, split_items
+    from bench.store import check_results_folder
     from bench.timing import run_timing
-    run_timing(device=device, variants=_csv(variants), grid=grid, overrides=parse_overrides(_csv(set)),
-               batch_sizes=_csv(batch_sizes, int), precisions=_csv(precisions), precision_mode=precision_mode,
-               scopes=_csv(scopes), compile=compile, channels_last=channels_last,
-               cuda_graphs=False if no_cuda_graphs else None, peers=peers, rounds=int(rounds),
-               iters=int(iters) if iters else None, warmup=int(warmup) if warmup is not None else None,
-               threads=int(threads) if threads else None, map_paths=tuple(_csv(map_paths)), results=results)
+    from bench.variants import PRESETS
+    names = _csv(variants)
+    unknown = [n for n in names or [] if n not in PRESETS]
+    if unknown:
+        raise _usage(f"unknown variants {unknown}; registered: {', '.join(sorted(PRESETS))}")
+    batch_sizes = _csv(batch_sizes, int, "--batch-sizes", minimum=1)
+    iters, warmup = _int("--iters", iters, 1), _int("--warmup", warmup, 0)
+    rounds, threads = _int("--rounds", rounds, 2) or 7, _int("--threads", threads, 1)
+    check_results_folder(results)
+    records = run_timing(device=device, variants=names, grid=grid, overrides=parse_overrides(split_items(set)),
+                         batch_sizes=batch_sizes, precisions=_csv(precisions), precision_mode=precision_mode,
+                         scopes=_csv(scopes), compile=compile, channels_last=channels_last,
+                         cuda_graphs=False if no_cuda_graphs else None, peers=peers, rounds=rounds,
+                         iters=iters, warmup=warmup, threads=threads, map_paths=tuple(_csv(map_paths) or ("lean",)),
+                         results=results)
+    failed = [r for r in records if r.get("status") == "failed"]
+    if failed:
+        first = failed[0]
+        raise Exit(f"{len(failed)} of {len(records)} timing case(s) failed (recorded), e.g. {first['name']} "
+                   f"{first['scope']} b{first['batch_size']} {first['precision']}: {first.get('error')}",
+                   code=FAILED_EXIT)
 
 
 @task(help={"results": "results folder", "datasets": "comma-separated datasets to show (default: all)"})
+@_boundary
 def tables(c, results="results", datasets=""):
     """Execute the notebooks (Tables 1-6, figures, overview) into results/rendered/ as .ipynb and .html."""
+    from pathlib import Path
+
     from bench.notebooks import render_all
-    render_all(results=results, datasets=datasets)
+    from bench.report import load_runs
+    from bench.store import check_results_folder
+    folder = check_results_folder(results, create=False)
+    if not folder.exists():
+        raise _usage(f"--results {results} does not exist")
+    if not (folder / "runs").is_dir() and not (folder / "timing").is_dir():
+        raise _usage(f"--results {results}: no runs/ or timing/ folder of records there (nothing to render)")
+    wanted = _csv(datasets) or []
+    if wanted:
+        known = sorted({r.get("dataset") for r in load_runs(Path(results)) if r.get("dataset")})
+        unknown = [d for d in wanted if d not in known]
+        if unknown:
+            raise _usage(f"--datasets {unknown}: no run records of those datasets in {results}; "
+                         f"recorded are {known}")
+    render_all(results=results, datasets=",".join(wanted))
 
 
 @task(help={"fast": "skip the slow end-to-end tests"})

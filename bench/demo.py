@@ -16,12 +16,15 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
+from bench.errors import UsageError
 from bench.run import Job, run_job
 from bench.synthetic import CATEGORIES, make_dataset
 from bench.variants import create_variant
 
 DEMO_EPOCHS = 12
 DEMO_DATA = Path(".cache/synthetic")
+# Git ignores this folder: the quick start leaves a clean checkout (`--results results` to keep them).
+DEMO_RESULTS = "results/demo"
 
 
 def demo_variants() -> dict:
@@ -32,13 +35,16 @@ def demo_variants() -> dict:
     }
 
 
-def run_demo(results: str = "results", epochs: int | None = None, weights: dict | None = None,
+def run_demo(results: str = DEMO_RESULTS, epochs: int | None = None, weights: dict | None = None,
              data: Path = DEMO_DATA, categories=CATEGORIES, progress: bool = True) -> list[dict]:
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    epochs = DEMO_EPOCHS if epochs is None else epochs
+    if epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {epochs}")
     root = make_dataset(data)
     rows, records = [], []
     start = time.perf_counter()
-    jobs = [Job(name, v, str(root), cat, seed=0, recipe="demo", epochs=epochs or DEMO_EPOCHS, dataset="synthetic")
+    jobs = [Job(name, v, str(root), cat, seed=0, recipe="demo", epochs=epochs, dataset="synthetic")
             for cat in categories for name, v in demo_variants().items()]
     for i, job in enumerate(jobs, 1):
         print(f"[{i}/{len(jobs)}] {job.describe()}", flush=True)
@@ -52,4 +58,5 @@ def run_demo(results: str = "results", epochs: int | None = None, weights: dict 
     teachers = sorted({f"{t['backbone']} ({t['label'] or t['kind']})" for r in records for t in r["teachers"]})
     print(f"teachers: {'; '.join(teachers)}")
     print(f"records in {Path(results) / 'runs' / 'synthetic'}; total {time.perf_counter() - start:.0f} s")
+    print(f"next: invoke ablate --grid layers --data demo (any grid runs on this generated data)")
     return records

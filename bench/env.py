@@ -9,7 +9,30 @@ from pathlib import Path
 
 import torch
 
+from bench.errors import DeviceError
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def check_device(device: str) -> str:
+    """DEVICE if this machine has it ('cpu', 'cuda', 'cuda:1', 'mps'), else DeviceError: torch's own
+    failure comes from deep inside the first job (an AssertionError on CPU-only builds)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise DeviceError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or mps") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {device} asked for, but torch sees no CUDA device here "
+                              f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                              f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"--device {device}: torch sees no MPS device here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"--device {device!r}: the suite runs on cpu, cuda, cuda:N or mps")
+    return device
 
 
 @lru_cache

@@ -447,7 +447,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def speed_vs_accuracy(records, timing, scope="map", batch_size=1, precision="fp32"):
     """Throughput (timing records) against image AUROC (run records) per variant, one panel per
     timed device, Pareto front marked. A run and a timing record match when their architectures
-    match (Variant.arch_key): speed does not depend on the weights or on evaluation-time readings."""
+    match (Variant.arch_key): speed does not depend on the weights or on evaluation-time readings.
+    Points carry numbers, explained in a table under each panel: full labels beside the points
+    overlap until unreadable once a few dozen variants cluster."""
     plt = _plt()
     t = timing_frame(timing)
     if not t.empty:
@@ -459,30 +461,51 @@ def speed_vs_accuracy(records, timing, scope="map", batch_size=1, precision="fp3
         return fig
     t = _one_run(t[t.map_path != "exact"] if (t.map_path != "exact").any() else t)
     devices = sorted(t.device.unique())
-    fig, axes = plt.subplots(1, len(devices), figsize=(7 * len(devices), 5), squeeze=False)
     runs = runs_frame(records)
-    for ax, device in zip(axes[0], devices):
+    panels = []
+    for device in devices:
         speed = dict(zip(t[t.device == device].arch_key, t[t.device == device].images_per_s))
         points = []
         if not runs.empty:
             for (ds, arch, recipe), g in runs[runs.arch_key.isin(speed)].groupby(["dataset", "arch_key", "recipe"]):
                 points.append((ds, float(speed[arch]), float(g.image_auroc.mean()),
                                f"{g.variant_name.iloc[0]} ({g.teachers.iloc[0]}, {recipe})"))
+        panels.append(sorted(points, key=lambda p: (p[0], -p[2], -p[1])))
+    n_rows = max([len(p) for p in panels] + [1])
+    fig, axes = plt.subplots(2, len(devices), figsize=(7.5 * len(devices), 5 + 0.19 * n_rows + 0.4),
+                             squeeze=False, gridspec_kw={"height_ratios": [5, 0.19 * n_rows + 0.4]})
+    for ax, key_ax, device, points in zip(axes[0], axes[1], devices, panels):
+        key_ax.axis("off")
         if not points:
             ax.text(0.5, 0.5, NOT_RUN + " (no timed architecture has run records)", ha="center")
             continue
+        number, spots = 0, {}
         for ds in sorted({p[0] for p in points}):
             pts = [p for p in points if p[0] == ds]
             front = set(pareto_front([(x, y) for _, x, y, _ in pts]))
-            sc = ax.scatter([p[1] for p in pts], [p[2] for p in pts], label=ds)
-            for i, (_, x, y, lab) in enumerate(pts):
+            sc = ax.scatter([p[1] for p in pts], [p[2] for p in pts], label=ds, s=18)
+            for i, (_, x, y, _lab) in enumerate(pts):
+                number += 1
                 if i in front:
                     ax.scatter([x], [y], marker="*", s=220, facecolors="none", edgecolors=sc.get_facecolor()[0])
-                ax.annotate(lab, (x, y), fontsize=6, xytext=(4, 3), textcoords="offset points")
+                spots.setdefault((round(x, 1), round(y, 3)), []).append(str(number))
+        for k, ((x, y), numbers) in enumerate(sorted(spots.items())):
+            # coincident points share one label; neighbours alternate sides so they do not print onto each other
+            ax.annotate(",".join(numbers), (x, y), fontsize=7, textcoords="offset points",
+                        xytext=(5, 2) if k % 2 else (-5, 2), ha="left" if k % 2 else "right")
         ax.set(xlabel=f"images/s ({device}, scope {scope}, batch {batch_size}, {precision})",
                ylabel="image AUROC (mean over seeds and categories)",
                title="speed vs accuracy (☆ = Pareto front within a dataset)")
         ax.legend(fontsize=8)
+        rows = [[i, ds, lab, f"{y:.3f}", f"{x:.0f}"] for i, (ds, x, y, lab) in enumerate(points, 1)]
+        table = key_ax.table(cellText=rows, colLabels=["#", "dataset", "variant (teachers, recipe)", "AUROC", "img/s"],
+                             loc="upper center", cellLoc="left", colLoc="left",
+                             colWidths=[0.04, 0.14, 0.64, 0.09, 0.09])
+        table.auto_set_font_size(False)
+        table.set_fontsize(7)
+        table.scale(1, 1.0)
+        for cell in table.get_celld().values():
+            cell.set_linewidth(0.2)
     fig.tight_layout()
     return fig
 

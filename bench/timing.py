@@ -38,7 +38,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bench.build import build_detector
-from bench.env import git_revision, hardware, software
+from bench.env import check_device, git_revision, hardware, software
+from bench.errors import UsageError
 from bench.store import write_json_atomic
 from bench.variants import Variant, create_variant
 
@@ -387,14 +388,10 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
                grid: str | None = None, overrides: dict | None = None) -> list[dict]:
     """Time registered variants (by name) and/or every distinct architecture of a grid file, with
     their teachers alone, in interleaved rounds; one record per (cell, subject), written per cell."""
-    dev = torch.device(device)
+    dev = torch.device(check_device(device))
     cuda = dev.type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
-    if precision_mode not in PRECISION_MODES:
-        raise ValueError(f"unknown precision mode {precision_mode!r}; choose one of {PRECISION_MODES}")
-    if rounds < 2:
-        raise ValueError("rounds must be at least 2: ratios and their intervals come from rounds")
+    check_options(batch_sizes, precisions, scopes, iters, warmup, image_size, rounds, precision_mode,
+                  map_paths, threads)
     if cuda:
         torch.backends.cudnn.benchmark = True
     else:
@@ -453,6 +450,38 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
     _print_summary(records)
     print(f"{len(records)} timing records in {out_dir}")
     return records
+
+
+def check_options(batch_sizes, precisions, scopes, iters, warmup, image_size, rounds=7, precision_mode="cast",
+                  map_paths=("lean",), threads=None) -> None:
+    """Every option checked before anything is built: a bad one is an error, never a record."""
+    from bench.detector import MAP_PATHS
+    problems = []
+    if batch_sizes is not None and (not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes)):
+        problems.append(f"batch sizes must be whole numbers >= 1, got {list(batch_sizes)}")
+    bad = [p for p in precisions or () if p not in PRECISIONS]
+    if bad:
+        problems.append(f"unknown precisions {bad}; choose from {list(PRECISIONS)}")
+    bad = [x for x in scopes or () if x not in SCOPES]
+    if bad or (scopes is not None and not scopes):
+        problems.append(f"unknown scopes {bad}; choose from {list(SCOPES)}")
+    if iters is not None and (not isinstance(iters, int) or iters < 1):
+        problems.append(f"iters must be a whole number >= 1, got {iters!r}")
+    if warmup is not None and (not isinstance(warmup, int) or warmup < 0):
+        problems.append(f"warmup must be a whole number >= 0, got {warmup!r}")
+    if image_size < 32 or image_size % 32:
+        problems.append(f"image size must be a positive multiple of 32, got {image_size}")
+    if not isinstance(rounds, int) or rounds < 2:
+        problems.append(f"rounds must be at least 2 (ratios and their intervals come from rounds), got {rounds!r}")
+    if precision_mode not in PRECISION_MODES:
+        problems.append(f"unknown precision mode {precision_mode!r}; choose one of {list(PRECISION_MODES)}")
+    bad = [m for m in map_paths or () if m not in MAP_PATHS]
+    if bad or not map_paths:
+        problems.append(f"unknown map paths {bad}; choose from {list(MAP_PATHS)}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        problems.append(f"threads must be a whole number >= 1, got {threads!r}")
+    if problems:
+        raise UsageError("timing: " + "; ".join(problems))
 
 
 def _print_summary(records: list[dict]) -> None:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from bench.data import to_unit_float
 from bench.detector import Detector
+from bench.errors import UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ RECIPES.update({f"{name}-mean": dataclasses.replace(r, name=f"{name}-mean", loss
 
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+        raise UnknownNameError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
     return RECIPES[name]
 
 

@@ -9,9 +9,11 @@ import dataclasses
 import fnmatch
 import hashlib
 import json
+import typing
 from dataclasses import dataclass
 
 from bench.detector import FUSIONS, MAP_WEIGHTINGS, SCORES
+from bench.errors import UnknownNameError, VariantError
 from bench.students import STUDENT_KINDS
 
 METHODS = ("reduced", "stpm", "mixed")
@@ -20,6 +22,11 @@ EVAL_ONLY_FIELDS = ("fusion", "score", "blur_sigma", "map_weighting")
 # Fields added after records existed: at this value they are left out of the keys, so the keys (and
 # record file names) of every earlier variant stay what they were.
 LATER_FIELDS = {"map_weighting": "plain"}
+# Every supported backbone family (timm ResNet- and EfficientNet-style) has feature levels 0..4.
+N_LEVELS = 5
+# Both families downsample by 32; smaller inputs or other sizes leave the deepest level ragged.
+STRIDE = 32
+INITS = ("pretrained", "random")
 
 
 @dataclass(frozen=True)
@@ -42,11 +49,26 @@ class Variant:
     map_weighting: str = "plain"                # Eq. 9-10: levels summed plainly, or each / (h*w) (official code)
 
     def __post_init__(self):
-        object.__setattr__(self, "layers", tuple(int(v) for v in self.layers))
-        object.__setattr__(self, "layers2", tuple(int(v) for v in self.layers2))
-        object.__setattr__(self, "alpha", float(self.alpha))
-        object.__setattr__(self, "blur_sigma", float(self.blur_sigma))
+        for name, value in coerce_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}).items():
+            object.__setattr__(self, name, value)
         problems = []
+        if self.alpha < 0:
+            problems.append(f"alpha {self.alpha:g} is negative (Eq. 8 weighs the second teacher's loss by it)")
+        if self.blur_sigma < 0:
+            problems.append(f"blur_sigma {self.blur_sigma:g} is negative (0 means no blur)")
+        if self.image_size <= 0 or self.image_size % STRIDE:
+            problems.append(f"image_size {self.image_size} must be a positive multiple of {STRIDE} (the networks' stride)")
+        for name in ("layers", "layers2"):
+            bad = [lv for lv in getattr(self, name) if not 0 <= lv < N_LEVELS]
+            if bad:
+                problems.append(f"{name} {bad} out of range: feature levels are 0..{N_LEVELS - 1}")
+        for name in ("teacher_init", "teacher2_init"):
+            if getattr(self, name) not in INITS:
+                problems.append(f"{name} {getattr(self, name)!r} not in {INITS}")
+        for name in ("teacher", "teacher2"):
+            if getattr(self, name) is not None and not _is_backbone(getattr(self, name)):
+                problems.append(f"{name} {getattr(self, name)!r} is not a timm model name "
+                                "(e.g. resnet18, efficientnet_b0, tf_efficientnet_lite0)")
         if self.method not in METHODS:
             problems.append(f"method {self.method!r} not in {METHODS}")
         for name in ("student", "student2"):
@@ -65,7 +87,7 @@ class Variant:
         if self.teacher2 is not None and not self.layers2:
             problems.append("teacher2 needs layers2")
         if problems:
-            raise ValueError("invalid variant: " + "; ".join(problems))
+            raise VariantError("invalid variant: " + "; ".join(problems))
 
     def fields(self) -> dict:
         return dataclasses.asdict(self)
@@ -95,6 +117,70 @@ class Variant:
                 aux += f"({self.teacher2_init})"
             main = f"{main} + {aux} a={self.alpha:g} {self.fusion}"
         return f"{main} {self.score}" + (" area-weighted" if self.map_weighting == "area" else "")
+
+
+def _is_backbone(name: str) -> bool:
+    from bench.backbones import timm  # timm behind the torchvision compatibility shim
+    return isinstance(name, str) and bool(timm.is_model(name))
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _coerce(name: str, kind, value):
+    """VALUE as the field's type, or VariantError: `--set pooling=no` must not store the truthy "no"."""
+    args = typing.get_args(kind)
+    if type(None) in args:  # optional field: "none" clears it
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        kind = next(a for a in args if a is not type(None))
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, str)) and str(value).lower() in (*_TRUE, *_FALSE):
+            return str(value).lower() in _TRUE
+        raise VariantError(f"{name} expects true or false, not {value!r}")
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise VariantError(f"{name} expects a number, not {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise VariantError(f"{name} expects a number, not {value!r}") from None
+        if kind is int:
+            if number != int(number):
+                raise VariantError(f"{name} expects a whole number, not {value!r}")
+            return int(number)
+        return number
+    if typing.get_origin(kind) is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, str):
+            items = [v for v in value.replace("+", ",").strip("[]()").split(",") if v.strip()]
+        return tuple(_coerce(f"{name} item", int, v) for v in items)
+    if kind is str:
+        if not isinstance(value, str):
+            raise VariantError(f"{name} expects a name, not {value!r}")
+        return value
+    return value
+
+
+def coerce_fields(fields: dict) -> dict:
+    """Fields given as text or TOML values, each converted to its Variant field's type."""
+    hints = _field_types()
+    unknown = sorted(set(fields) - set(hints))
+    if unknown:
+        raise VariantError(f"unknown variant fields {unknown}; fields are {sorted(hints)}")
+    return {k: _coerce(k, hints[k], v) for k, v in fields.items()}
+
+
+def _field_types() -> dict:
+    global _HINTS
+    if _HINTS is None:
+        _HINTS = typing.get_type_hints(Variant)
+    return _HINTS
+
+
+_HINTS: dict | None = None
 
 
 def _digest(fields: dict) -> str:
@@ -128,8 +214,8 @@ def list_variants(pattern: str = "*") -> list[str]:
 
 def create_variant(name: str, **overrides) -> Variant:
     if name not in PRESETS:
-        raise KeyError(f"unknown variant {name!r}; registered: {', '.join(list_variants())}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+        raise UnknownNameError(f"unknown variant {name!r}; registered: {', '.join(list_variants())}")
+    return dataclasses.replace(PRESETS[name], **coerce_fields(overrides))
 
 
 def variant_from_fields(fields: dict) -> Variant:

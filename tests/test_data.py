@@ -109,3 +109,41 @@ def test_validation_split_is_seeded_and_disjoint():
     tr, va = train_val_indices(50, seed=3)
     assert len(va) == 10 and not set(tr) & set(va) and sorted(tr + va) == list(range(50))
     assert train_val_indices(50, seed=3) == (tr, va) and train_val_indices(50, seed=4) != (tr, va)
+
+
+def test_16bit_images_keep_their_range(tmp_path):
+    # a 16-bit grey gradient (mode I;16, as industrial cameras write): Pillow's convert("RGB") would
+    # saturate everything above 255, i.e. 99.6 % of this image
+    import numpy as np
+    from PIL import Image
+
+    from bench.data import Sample
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (16, 1))
+    path = tmp_path / "g16.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I;16")
+    img = load_images([Sample(path, 0, "good")], 64)[0, 0, 0].numpy().astype(int)
+    assert img[0] == 0 and img[-1] == 255 and (img == 255).mean() < 0.05
+    assert abs(img[32] - 130) <= 3 and (np.diff(img) >= 0).all()  # linear, monotone
+
+
+def test_masks_saved_as_0_and_1_are_binary(tmp_path):
+    import numpy as np
+    from PIL import Image
+    base = make_mvtec_category(tmp_path / "c")
+    arr = np.zeros((32, 32), np.uint8)
+    arr[8:16, 8:16] = 1  # a common export: class indices, not 0/255
+    Image.fromarray(arr).save(base / "ground_truth" / "crack" / "000_mask.png")
+    masks = load_masks(load_split(base).test, 32)
+    assert masks[0].sum() == 64 and masks[1].sum() == 0
+
+
+def test_16bit_masks_are_binary(tmp_path):
+    import numpy as np
+    from PIL import Image
+    base = make_mvtec_category(tmp_path / "c")
+    arr = np.zeros((32, 32), np.uint16)
+    arr[8:16, 8:16] = 65535
+    Image.fromarray(arr).save(base / "ground_truth" / "crack" / "000_mask.png")
+    assert load_masks(load_split(base).test, 32)[0].sum() == 64

@@ -99,7 +99,7 @@ def test_student_groups_keep_jobs_that_share_a_student_together(tiny):
     from bench.grid import student_groups
     jobs = expand(load_grid("readings"), data=[str(tiny)], categories=["weave"], seeds=[0, 1])
     groups = student_groups(jobs)
-    assert len(groups) == 4  # student2 conv/copy x 2 seeds; score, fusion, map weighting are evaluation-only
+    assert len(groups) == 4  # student2 conv/copy x 2 seeds; score, fusion, map_weighting are evaluation-only
     assert all(len(g) == 8 and len({j.variant.train_key for j in g}) == 1 for g in groups)
     assert sorted(j.describe() for g in groups for j in g) == sorted(j.describe() for j in jobs)
 
@@ -109,7 +109,7 @@ def test_several_workers_per_device_train_each_student_once(tiny, tmp_path):
     jobs = expand(load_grid("readings"), data=[str(tiny)], categories=["weave"], seeds=[0], epochs=1,
                   overrides=parse_overrides(TINY.split(",")))
     outcomes = run_grid(jobs, results=tmp_path / "res", jobs_per_device=2)
-    assert list(outcomes.values()) == ["ok"] * 16
+    assert list(outcomes.values()) == ["ok"] * 16  # readings: 16 variants, 2 students
     recs = [json.loads(p.read_text()) for p in (tmp_path / "res" / "runs").rglob("*.json")]
     assert len(recs) == 16
     assert sum(not r["train"].get("reused_checkpoint") for r in recs) == 2  # one training per student
@@ -132,3 +132,27 @@ def test_records_are_written_readable_by_others(tmp_path):
     from bench.store import write_json_atomic
     p = write_json_atomic(tmp_path / "a" / "r.json", {"x": 1})
     assert p.stat().st_mode & 0o644 == 0o644 and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_corrupt_record_beside_the_grid_is_named_and_skipped(tiny, tmp_path, capsys):
+    from bench.notebooks import write_summary
+    from bench.store import RecordWarning, read_records
+    res = tmp_path / "res"
+    other = res / "runs" / "elsewhere" / "x"
+    other.mkdir(parents=True)
+    (other / "broken.json").write_text('{"status": "ok", "metr')      # a writer killed without our atomic rename
+    (other / "foreign.json").write_text("[1, 2, 3]")                  # someone else's JSON
+    (other / "notes.json").write_text('{"hello": "world"}')
+    jobs = expand(load_grid("layers"), data=[str(tiny)], categories=["weave"], seeds=[0], epochs=1,
+                  overrides=parse_overrides(TINY.split(",")))[:1]
+    with pytest.warns(RecordWarning) as caught:
+        outcomes = run_grid(jobs, results=res)
+    assert list(outcomes.values()) == ["ok"]
+    warned = " ".join(str(w.message) for w in caught)
+    assert all(f"{other / name}" in warned for name in ("broken.json", "foreign.json", "notes.json"))
+    out = capsys.readouterr().out
+    assert "1 jobs, 0 already recorded, 1 to run" in out and "reduced layers=1+2" in out  # the summary table
+    with pytest.warns(RecordWarning):
+        assert [r["status"] for r in read_records(res / "runs")] == ["ok"]  # never counted
+    with pytest.warns(RecordWarning):
+        assert "reduced" in write_summary(res).read_text()  # what `invoke tables` writes, from the same records

@@ -121,9 +121,11 @@ def test_timing_options_are_speedups_over_the_plain_model_of_the_same_run():
 
 def test_speed_vs_accuracy_matches_runs_to_timed_architectures(results):
     fig = report.speed_vs_accuracy(report.load_runs(results), report.load_timing(results))
-    labels = [t.get_text() for t in fig.axes[0].texts]
+    labels = [c.get_text().get_text() for ax in fig.axes for tab in ax.tables for c in tab.get_celld().values()]
     assert any(lab.startswith("reduced") for lab in labels)  # reduced was run and timed
     assert not any(lab.startswith("mixed") for lab in labels)  # mixed was run, never timed
+    numbers = [t.get_text() for t in fig.axes[0].texts]  # points carry numbers, the key their labels
+    assert numbers and all(n.isdigit() for n in numbers)
 
 
 def test_pareto_front():

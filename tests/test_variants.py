@@ -31,7 +31,18 @@ def test_keys_are_stable_and_eval_only_fields_share_training():
 
 
 @pytest.mark.parametrize("bad", [dict(method="x"), dict(student="tiny"), dict(score="mean"),
-                                 dict(fusion="avg"), dict(layers=()), dict(teacher2="efficientnet_b0")])
+                                 dict(fusion="avg"), dict(layers=()), dict(teacher2="efficientnet_b0"),
+                                 dict(alpha=-1), dict(blur_sigma=-0.5), dict(image_size=0), dict(image_size=100),
+                                 dict(teacher="nonexistent"), dict(layers=(1, 9)), dict(pooling="maybe"),
+                                 dict(alpha="abc"), dict(teacher_init="scratch")])
 def test_invalid_variants_are_refused(bad):
     with pytest.raises(ValueError):
         Variant(**{"method": "reduced", **bad})
+
+
+def test_text_values_are_parsed_by_the_field_type():
+    v = create_variant("reduced", pooling="no", alpha="0.5", layers="1+2", image_size="128", blur_sigma=0)
+    assert v.pooling is False and v.alpha == 0.5 and v.layers == (1, 2) and v.image_size == 128
+    assert v.blur_sigma == 0.0  # no blur, when asked for as 0
+    assert create_variant("mixed", teacher2="none", layers2=(), method="reduced").teacher2 is None
+    assert create_variant("reduced", pooling="yes").key == create_variant("reduced").key  # keys unchanged

@@ -28,6 +28,7 @@ def test_offline_hub_failure_is_an_error_never_random(monkeypatch):
         return real(name, pretrained=False, **kw)
     real = backbones.timm.create_model
     monkeypatch.setattr(backbones.timm, "create_model", offline)
+    monkeypatch.setattr(backbones, "_HUB_FAILED", {})
     monkeypatch.delenv(weights_env_var("resnet18"), raising=False)
     with pytest.raises(WeightsError, match=r"no pretrained weights for backbone 'resnet18'.*--weights resnet18=PATH"):
         Teacher("resnet18", (1, 2))
@@ -55,3 +56,51 @@ def test_packaged_lite0_weights_are_found_and_converted(monkeypatch):
     assert t.source.kind == "file" and "genuine" in t.source.label
     bn = t.trunk.stages[0][1]  # trained statistics, so the keys were renamed onto the right tensors
     assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
+
+
+def test_file_of_another_architecture_with_overlapping_names_is_refused(tmp_path):
+    # EfficientNet-B0 weights given as Lite0: same stem and block names, plus B0's squeeze-excitation
+    # tensors, which Lite0 has not. Loading them non-strictly would be a silent, wrong teacher.
+    f = tmp_path / "b0.pth"
+    torch.save(backbones.timm.create_model("efficientnet_b0").state_dict(), f)
+    with pytest.raises(WeightsError, match=r"b0\.pth does not fit backbone 'tf_efficientnet_lite0': .*tensors it "
+                                           r"does not have \(e\.g\. blocks\.0\.0\.se\."):
+        Teacher("tf_efficientnet_lite0", (0,), weights={"tf_efficientnet_lite0": str(f)})
+
+
+def test_head_may_be_absent_but_not_a_trunk_tensor(tmp_path):
+    state = backbones.timm.create_model("resnet18").state_dict()
+    f = tmp_path / "noclf.pth"
+    torch.save({k: v for k, v in state.items() if not k.startswith("fc.")}, f)
+    t = Teacher("resnet18", (1,), weights={"resnet18": str(f)})
+    assert torch.equal(t.trunk.stages[0][0].weight, state["conv1.weight"])
+    state["layer1.0.conv1.weight"] = torch.zeros(3, 3)
+    torch.save(state, f)
+    with pytest.raises(WeightsError, match=r"1 of another shape \(e\.g\. layer1\.0\.conv1\.weight\)"):
+        Teacher("resnet18", (1,), weights={"resnet18": str(f)})
+
+
+def test_garbage_weight_file_is_one_line_naming_it(tmp_path):
+    f = tmp_path / "garbage.pth"
+    f.write_text("not weights")
+    with pytest.raises(WeightsError, match=r"garbage\.pth for backbone 'resnet18' is not a weight file") as err:
+        Teacher("resnet18", (1,), weights={"resnet18": str(f)})
+    assert "\n" not in str(err.value)
+
+
+def test_hub_failure_is_tried_once_per_process(monkeypatch):
+    calls = []
+
+    def offline(name, pretrained=False, **kw):
+        if pretrained:
+            calls.append(name)
+            raise OSError("network unreachable")
+        return real(name, pretrained=False, **kw)
+    real = backbones.timm.create_model
+    monkeypatch.setattr(backbones.timm, "create_model", offline)
+    monkeypatch.setattr(backbones, "_HUB_FAILED", {})
+    monkeypatch.delenv(weights_env_var("resnet18"), raising=False)
+    for _ in range(3):
+        with pytest.raises(WeightsError, match=r"--set teacher=tf_efficientnet_lite0"):
+            Teacher("resnet18", (1,))
+    assert calls == ["resnet18"]
