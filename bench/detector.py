@@ -135,10 +135,11 @@ class Branch(nn.Module):
 
 # How maps are computed (recorded with every evaluation; not part of a variant's key):
 # `exact`: every level upsampled to the image size, summed, fused, blurred at the image size.
-# `lean`:  a one-branch detector sums its levels at the finest level's resolution, blurs there
-#          with sigma scaled by the resolution ratio, and upsamples once; its image score comes from
-#          that map (Eq. 12's sum scaled by the area ratio). MixedTeacher keeps `exact`: its Eq. 11
-#          product is not the same at low resolution.
+# `lean`:  a one-branch detector sums its levels at the finest level's resolution; its image score
+#          comes from that map blurred there with sigma scaled by the resolution ratio (Eq. 12's sum
+#          scaled by the area ratio); a full-size map, when asked for, is one upsample of the summed
+#          map blurred at full size. MixedTeacher keeps `exact`: its Eq. 11 product is not the same
+#          at low resolution.
 MAP_PATHS = ("lean", "exact")
 
 
@@ -200,13 +201,16 @@ class Detector(nn.Module):
         map resolution when not FULL_SIZE)."""
         fused = parts[0] if len(parts) == 1 else fuse(parts[0], parts[1], self.fusion)
         ratio = size[-1] / fused.shape[-1]
-        maps = gaussian_blur(fused, self.blur_sigma / ratio)
-        scores = image_score(maps, self.score)
+        low = gaussian_blur(fused, self.blur_sigma / ratio)
+        scores = image_score(low, self.score)
         if self.score == "sum":  # Eq. 12 sums over the image's pixels: each map pixel stands for ratio^2
-            scores = scores * (size[-2] * size[-1] / (maps.shape[-2] * maps.shape[-1]))
-        if full_size and tuple(maps.shape[-2:]) != tuple(size):
-            maps = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-        return scores, maps
+            scores = scores * (size[-2] * size[-1] / (low.shape[-2] * low.shape[-1]))
+        if not full_size or ratio == 1:
+            return scores, low
+        # The full-size map is blurred at full size: blurring at the map resolution and upsampling
+        # moved AUPRO by up to 0.003 on KolektorSDD (reduced student), over the 0.002 we allow.
+        full = F.interpolate(fused.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+        return scores, gaussian_blur(full, self.blur_sigma)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, full_size: bool = True) -> Prediction:

@@ -445,11 +445,17 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
             if not cuda:
                 rec["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             records.append(rec)
-            write_json_atomic(out_dir / f"{_slug(s.name + '_' + cell.tag)}.json", rec)
+            _write(out_dir, rec)
     bar.close()
     _print_summary(records)
     print(f"{len(records)} timing records in {out_dir}")
     return records
+
+
+def _write(out_dir: Path, rec: dict) -> None:
+    """Each record as its cell finishes: an interrupted sweep keeps what it measured."""
+    tag = Cell(**{f.name: rec[f.name] for f in dataclasses.fields(Cell)}).tag
+    write_json_atomic(out_dir / f"{_slug(rec['name'] + '_' + tag)}.json", rec)
 
 
 def check_options(batch_sizes, precisions, scopes, iters, warmup, image_size, rounds=7, precision_mode="cast",

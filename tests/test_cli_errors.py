@@ -181,12 +181,13 @@ def test_a_failed_timing_case_is_recorded_at_once_and_the_command_exits_1(capsys
     def spy(out_dir, rec):
         written.append(rec["status"])
         real_write(out_dir, rec)
-    monkeypatch.setattr(timing, "_time_case", boom)
+    monkeypatch.setattr(timing, "_prepare", boom)
     monkeypatch.setattr(timing, "_write", spy)
     code, text = cli(["timing", "--variants", "reduced", "--batch-sizes", "1", "--scopes", "network", "--iters", "1",
-                      "--warmup", "0", "--no-peers", "--results", str(tmp_path)], capsys)
-    assert code == 1 and "1 of 1 timing case(s) failed" in text and "boom" in text and "Traceback" not in text
-    assert written == ["failed"] and len(list((tmp_path / "timing").rglob("*.json"))) == 1
+                      "--warmup", "0", "--rounds", "2", "--no-peers", "--results", str(tmp_path)], capsys)
+    # two subjects: the reduced student and its teacher alone (the floor)
+    assert code == 1 and "2 of 2 timing case(s) failed" in text and "boom" in text and "Traceback" not in text
+    assert written == ["failed", "failed"] and len(list((tmp_path / "timing").rglob("*.json"))) == 2
 
 
 def test_timing_dash_h_is_help(capsys):
