@@ -37,12 +37,13 @@ def fmt_interval(m: float, lo: float, hi: float, digits: int = 2) -> str:
     return f"{m:.{digits}f}" if np.isnan(lo) else f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def _base(name: str) -> str:
-    return name.split("@")[0]
-
-
-def _path(name: str) -> str | None:
-    return name.split("@")[1] if "@" in name else None
+def _parts(name: str) -> tuple[str, str | None, str]:
+    """'reduced@lean[ort]' -> ('reduced', 'lean', 'ort'): subject, map path, backend."""
+    backend = "eager"
+    if name.endswith("[ort]"):
+        name, backend = name[:-len("[ort]")], "ort"
+    base, _, path = name.partition("@")
+    return base, path or None, backend
 
 
 def _with_rounds(records):
@@ -59,9 +60,12 @@ def run_ratios(records: list[dict]) -> pd.DataFrame:
     for key, subjects in cells.items():
         head = dict(zip(CELL_KEYS, key))
         for a in subjects.values():
+            pa = _parts(a["name"])
             for b in subjects.values():
-                same_path = _path(a["name"]) == _path(b["name"]) or "peer" in (a.get("role"), b.get("role"))
-                if (_base(a["name"]), _base(b["name"])) in PAIRS and same_path:
+                pb = _parts(b["name"])
+                peer = "peer" in (a.get("role"), b.get("role"))
+                like = peer or pa[1:] == pb[1:]       # same map path and backend, or against a peer
+                if ((pa[0], pb[0]) in PAIRS and like) or (pa[2] == "ort" and pb[2] == "eager" and pa[:2] == pb[:2]):
                     rows.append({**head, "ratio": f"{a['name']} / {b['name']}",
                                  **_summary(per_round_ratio(a, b))})
             if a.get("role") == "detector" and a.get("floor") in subjects:

@@ -48,6 +48,7 @@ SCOPES = ("network", "map", "end_to_end")
 DEFAULT_VARIANTS = ("reduced", "stpm", "mixed")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISION_MODES = ("cast", "autocast")
+BACKENDS = ("eager", "onnxruntime")
 E2E_MAP_DTYPE = torch.float16
 CPU_ROUND_S = 0.4          # a CPU round runs at least this long (iterations chosen per subject)
 
@@ -65,6 +66,8 @@ class Subject:
     variant: Variant | None = None
     floor: str | None = None   # a detector's teacher-alone subject
     map_path: str | None = None
+    backend: str = "eager"     # "eager" (PyTorch) or "onnxruntime"
+    export_check: dict | None = None   # exported model against PyTorch (max abs difference)
 
 
 def _teacher_name(det) -> str:
@@ -83,7 +86,8 @@ class _Teachers(nn.Module):
 
 
 def build_subjects(named: list[tuple[str, Variant]], map_paths=("lean",), peers: bool = True,
-                   device: torch.device = torch.device("cpu")) -> list[Subject]:
+                   device: torch.device = torch.device("cpu"), backends=("eager",), threads: int | None = None,
+                   image_size: int = 256, export_dir: Path | None = None) -> list[Subject]:
     subjects, seen = [], set()
     for name, v in named:
         v = dataclasses.replace(v, teacher_init="random", teacher2_init="random")
@@ -101,11 +105,54 @@ def build_subjects(named: list[tuple[str, Variant]], map_paths=("lean",), peers:
                 continue
             seen.add(key)
             subjects.append(Subject(label, "detector", d, v, floor, d.effective_map_path))
+            if "onnxruntime" in backends:
+                subjects.append(onnx_subject(subjects[-1], image_size, threads, export_dir))
     if peers:
         peer = _peer_stfpm(device)
         if peer is not None:
             subjects.append(Subject("anomalib-stfpm", "peer", peer))
     return subjects
+
+
+class _MapModule(nn.Module):
+    """A detector's map scope as a plain forward (scores, full-size maps), for export."""
+
+    def __init__(self, det):
+        super().__init__()
+        self.det = det
+
+    def forward(self, x):
+        pred = self.det.predict(x)
+        return pred.scores, pred.maps
+
+
+def onnx_subject(s: Subject, image_size: int, threads: int | None, export_dir: Path | None) -> Subject:
+    """The detector's map scope exported to ONNX and run by ONNX Runtime (CPU), as inspection
+    engineers deploy it; its maps checked against PyTorch's on one random batch."""
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise UsageError("the onnxruntime backend needs onnxruntime and onnx: pip install 'bench[deploy]'") from err
+    import tempfile
+    folder = Path(export_dir or tempfile.mkdtemp(prefix="bench-onnx-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{_slug(s.name)}.onnx"
+    module = _MapModule(s.model).eval()
+    x = torch.rand(2, 3, image_size, image_size)
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(module, (x,), str(path), input_names=["x"], output_names=["scores", "maps"],
+                          dynamic_axes={"x": {0: "batch"}, "scores": {0: "batch"}, "maps": {0: "batch"}},
+                          dynamo=False, opset_version=17)
+        module.eval()   # export restores the wrapper's mode; keep the detector in eval
+        ref_scores, ref_maps = module(x)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    scores, maps = session.run(None, {"x": x.numpy()})
+    check = {"max_abs_diff_maps": float(np.abs(maps - ref_maps.numpy()).max()),
+             "max_rel_diff_scores": float(np.abs(scores - ref_scores.numpy()).max() / np.abs(ref_scores.numpy()).max()),
+             "opset": 17, "onnxruntime": ort.__version__, "file_mb": round(path.stat().st_size / 2 ** 20, 1)}
+    return Subject(f"{s.name}[ort]", "detector", session, s.variant, s.floor, s.map_path, "onnxruntime", check)
 
 
 def _e2e_input(bs: int, size: int, device: torch.device) -> torch.Tensor:
@@ -118,6 +165,15 @@ def subject_fn(s: Subject, scope: str, device: torch.device, dtype: torch.dtype)
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; choose from {SCOPES}")
     m = s.model
+    if s.backend == "onnxruntime":
+        if scope == "network":
+            raise ValueError("the ONNX export covers the map scope (and end_to_end), not network alone")
+
+        def run(x):
+            return m.run(None, {"x": x.numpy()})
+        if scope == "map":
+            return run
+        return lambda x_u8: run(x_u8.to(torch.float32).div_(255))   # results are already on the host
 
     def to_input(x_u8):  # as bench.data.to_unit_float, in the timed precision
         return x_u8.to(device, non_blocking=True).to(dtype).div_(255)
@@ -190,6 +246,8 @@ def count_gmacs(det, image_size: int, device: torch.device) -> float:
 
 
 def _params(s: Subject) -> dict:
+    if s.backend != "eager":
+        return {}
     n = lambda mods: sum(p.numel() for m in mods for p in m.parameters()) / 1e6  # noqa: E731
     if s.role == "detector":
         return {"teacher_params_m": n([b.teacher for b in s.model.branches]),
@@ -295,6 +353,13 @@ def _prepare(s: Subject, cell: Cell, mode: str, device: torch.device, image_size
     (mode `cast`), or left in fp32 with autocast entered at every call (mode `autocast`)."""
     dtype = PRECISIONS[cell.precision]
     model = s.model
+    if s.backend == "onnxruntime":
+        if dtype != torch.float32 or cell.channels_last or cell.compile or cell.cuda_graphs:
+            raise ValueError("the ONNX Runtime subject is timed in fp32 without PyTorch options")
+        fn = subject_fn(s, cell.scope, device, torch.float32)
+        x = (_e2e_input(cell.batch_size, image_size, device) if cell.scope == "end_to_end"
+             else torch.rand(cell.batch_size, 3, image_size, image_size))
+        return fn, x
     if mode == "cast" and dtype != torch.float32:
         model = copy.deepcopy(model).to(dtype)
     if cell.channels_last:
@@ -361,6 +426,7 @@ def _record(s: Subject, cell: Cell, result: dict, base: dict, gmacs: dict, image
            "method": s.variant.method if s.variant else ("stpm" if s.role == "peer" else None),
            "variant_key": s.variant.key if s.variant else None,
            "variant": s.variant.fields() if s.variant else None, "floor": s.floor, "map_path": s.map_path,
+           "backend": s.backend, "export_check": s.export_check,
            **dataclasses.asdict(cell), "image_size": image_size,
            "e2e_output": f"score fp32 + map {str(E2E_MAP_DTYPE).split('.')[-1]} {image_size}x{image_size} to host"
            if cell.scope == "end_to_end" else None}
@@ -373,7 +439,7 @@ def _record(s: Subject, cell: Cell, result: dict, base: dict, gmacs: dict, image
                                      "cpu_s": r["cpu_s"], "ms": r["ms"]} for r in rounds],
                **latency_stats(all_ms, cell.batch_size), **_params(s))
     rec["round_images_per_s"] = [cell.batch_size / (r["median_ms"] / 1e3) for r in rec["rounds"]]
-    if s.role == "detector":
+    if s.role == "detector" and s.backend == "eager":
         rec["gmacs"] = gmacs.get(s.name)
     if "peak_device_mem_mb_cell" in result:
         rec["peak_device_mem_mb_cell"] = result["peak_device_mem_mb_cell"]
@@ -384,14 +450,14 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
                compile: bool = False, channels_last: bool = False, cuda_graphs: bool | None = None,
                peers: bool = True, iters: int | None = None, warmup: int | None = None,
                rounds: int = 7, threads: int | None = None, precision_mode: str = "cast",
-               map_paths=("lean",), results: str | Path = "results", image_size: int = 256,
+               map_paths=("lean",), backends=("eager",), results: str | Path = "results", image_size: int = 256,
                grid: str | None = None, overrides: dict | None = None) -> list[dict]:
     """Time registered variants (by name) and/or every distinct architecture of a grid file, with
     their teachers alone, in interleaved rounds; one record per (cell, subject), written per cell."""
     dev = torch.device(check_device(device))
     cuda = dev.type == "cuda"
     check_options(batch_sizes, precisions, scopes, iters, warmup, image_size, rounds, precision_mode,
-                  map_paths, threads)
+                  map_paths, threads, backends, cuda)
     if cuda:
         torch.backends.cudnn.benchmark = True
     else:
@@ -414,10 +480,12 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
              for g in graphs_opts
              if not (g and (sc == "end_to_end" or (cuda_graphs is None and bs > 8)))]
 
-    subjects = build_subjects(named, tuple(map_paths), peers, dev)
-    gmacs = {s.name: count_gmacs(s.model, image_size, dev) for s in subjects if s.role == "detector"}
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(results) / "timing" / f"{run_id}_{dev.type}"
+    subjects = build_subjects(named, tuple(map_paths), peers, dev, tuple(backends), threads or os.cpu_count(),
+                              image_size, Path(results) / "cache" / "onnx")
+    gmacs = {s.name: count_gmacs(s.model, image_size, dev) for s in subjects
+             if s.role == "detector" and s.backend == "eager"}
     env = {**hardware(dev), "software": software(), "git_revision": git_revision(),
            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if cuda else None,
            "allocator": _allocator(), "threads_set": None if cuda else torch.get_num_threads()}
@@ -429,7 +497,9 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
                file=sys.stdout)
     for cell in bar:
         bar.set_postfix_str(cell.tag)
-        todo = [s for s in subjects if oom_at.get((s.name, cell.scope, cell.precision), 1 << 30) > cell.batch_size]
+        todo = [s for s in subjects if oom_at.get((s.name, cell.scope, cell.precision), 1 << 30) > cell.batch_size
+                and not (s.backend == "onnxruntime" and (cell.scope == "network" or cell.precision != "fp32"
+                                                          or cell.channels_last or cell.compile or cell.cuda_graphs))]
         before = gpu_activity(dev)
         results_ = time_cell(todo, cell, dev, rounds, iters, warmup, precision_mode, image_size)
         after = gpu_activity(dev)
@@ -459,7 +529,7 @@ def _write(out_dir: Path, rec: dict) -> None:
 
 
 def check_options(batch_sizes, precisions, scopes, iters, warmup, image_size, rounds=7, precision_mode="cast",
-                  map_paths=("lean",), threads=None) -> None:
+                  map_paths=("lean",), threads=None, backends=("eager",), cuda: bool = False) -> None:
     """Every option checked before anything is built: a bad one is an error, never a record."""
     from bench.detector import MAP_PATHS
     problems = []
@@ -484,6 +554,11 @@ def check_options(batch_sizes, precisions, scopes, iters, warmup, image_size, ro
     bad = [m for m in map_paths or () if m not in MAP_PATHS]
     if bad or not map_paths:
         problems.append(f"unknown map paths {bad}; choose from {list(MAP_PATHS)}")
+    bad = [b for b in backends or () if b not in BACKENDS]
+    if bad or "eager" not in (backends or ()):
+        problems.append(f"backends must include eager, from {list(BACKENDS)}; got {list(backends or ())}")
+    elif "onnxruntime" in backends and cuda:
+        problems.append("the onnxruntime backend is timed on CPU (--device cpu)")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         problems.append(f"threads must be a whole number >= 1, got {threads!r}")
     if problems:

@@ -152,3 +152,20 @@ def test_grid_architectures_are_timed_once_each(tmp_path):
     dets = [r for r in recs if r["role"] == "detector"]
     # readings: score, fusion and map weighting do not change the architecture, the EfficientNet student does
     assert len(dets) == 2 and {r["variant"]["student2"] for r in dets} == {"conv", "copy"}
+
+
+def test_onnxruntime_subject_matches_pytorch_and_is_timed_in_the_same_rounds(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the deploy extra (onnxruntime, onnx) is not installed")
+    recs = run_timing(device="cpu", variants=["reduced"], batch_sizes=[2], scopes=["network", "map", "end_to_end"],
+                      iters=2, warmup=1, rounds=2, threads=1, results=tmp_path, image_size=64, peers=False,
+                      backends=("eager", "onnxruntime"))
+    ort = [r for r in recs if r["backend"] == "onnxruntime"]
+    assert {r["scope"] for r in ort} == {"map", "end_to_end"}      # the export covers the map, not network alone
+    assert all(r["status"] == "ok" and r["export_check"]["max_abs_diff_maps"] < 1e-4 for r in ort)
+    ratios = set(run_ratios(recs).ratio)
+    assert {"reduced[ort] / reduced", "reduced[ort] / floor"} <= ratios
+
+
+def test_onnxruntime_backend_refusals(tmp_path):
+    with pytest.raises(ValueError, match="backends must include eager"):
+        run_timing(results=tmp_path, backends=("tensorrt",))
