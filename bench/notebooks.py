@@ -62,7 +62,7 @@ def write_summary(results: str | Path = "results", datasets: str = "") -> Path:
         ("Pooling on the teacher side (image AUROC %)", report.ablation_table(runs, "reduced", ("pooling",), datasets=keep), True),
         ("α of Eq. 8 (image AUROC %)", report.ablation_table(runs, "mixed", ("alpha",), datasets=keep), True),
         ("Readings of the paper's ambiguities (image AUROC %)",
-         report.ablation_table(runs, "mixed", ("student2", "fusion", "score"), datasets=keep), True),
+         report.ablation_table(runs, "mixed", ("student2", "map_weighting", "fusion", "score"), datasets=keep), True),
         ("Table 3 (scope `map`, batch 1, fp32; device named per row)", t3, True),
         ("CUDA throughput (scope `map`, batch 32, fp16)",
          report.table3_timing(timing, scope="map", batch_size=32, precision="fp16", device_type="cuda"), True),

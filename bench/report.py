@@ -67,7 +67,7 @@ def runs_frame(records: list[dict], datasets: list[str] | None = None) -> pd.Dat
     for r in ok_records(records):
         if datasets and r["dataset"] not in datasets:
             continue
-        v = r["variant"]
+        v = variant_from_fields(r["variant"]).fields()  # older records lack later fields: their defaults
         rows.append({"method": r["method"], "variant_name": r["variant_name"], "variant_key": r["variant_key"],
                      "arch_key": variant_from_fields(v).arch_key,
                      "dataset": r["dataset"], "category": r["category"], "seed": r["seed"],
