@@ -30,9 +30,13 @@ def layer_distance(ft: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
     if ft.shape != fs.shape:
         raise ValueError(f"teacher features {tuple(ft.shape)} and student features {tuple(fs.shape)} differ")
     acc = torch.promote_types(ft.dtype, torch.float32)
-    nt = torch.linalg.vector_norm(ft, dim=1, dtype=acc)
-    ns = torch.linalg.vector_norm(fs, dim=1, dtype=acc)
-    dot = (ft * fs).sum(1, dtype=acc)
+    if ft.dtype != acc:  # squares of half-precision features overflow fp16 (|f|^2 > 65504)
+        ft, fs = ft.to(acc), fs.to(acc)
+    # square-sums, not torch.linalg.vector_norm: on CPU the latter took 3.1 ms for the reduced
+    # student's 64 x 128^2 stem level where a square-sum takes 0.24 ms
+    nt = ft.square().sum(1).sqrt()
+    ns = fs.square().sum(1).sqrt()
+    dot = (ft * fs).sum(1)
     rt, rs = nt.clamp_min(1e-12), ns.clamp_min(1e-12)
     # rounding can take identical vectors a hair below 0, where the textbook form cannot go
     return (0.5 * ((nt / rt).square() + (ns / rs).square()) - dot / (rt * rs)).clamp_min(0)
