@@ -284,11 +284,15 @@ def timing_ratios(timing: list[dict], scope: str = "map") -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame()
     names = _device_names(timing)
-    table = table.assign(device=table.run_id.map(names),
-                         options=["+".join(n for n, on in (("channels_last", c), ("compile", k), ("graphs", g)) if on)
-                                  or "plain" for c, k, g in zip(table.channels_last, table["compile"], table.cuda_graphs)])
-    return table.pivot_table(index=["device", "run_id", "batch_size", "precision", "options"], columns="ratio",
-                             values="value", aggfunc="first").fillna("—")
+    cell = [f"batch {b} · {p}" + ("" if not (c or k or g) else " · " + "+".join(
+                n for n, on in (("channels_last", c), ("compile", k), ("graphs", g)) if on))
+            for b, p, c, k, g in zip(table.batch_size, table.precision, table.channels_last, table["compile"],
+                                     table.cuda_graphs)]
+    table = table.assign(device=table.run_id.map(names), cell=cell)
+    # one row per ratio, one column per cell: a run's comparisons read down a column
+    out = table.pivot_table(index=["device", "run_id", "ratio"], columns="cell", values="value", aggfunc="first")
+    out.columns.name = None
+    return out.fillna("—")
 
 
 def timing_map_cost(timing: list[dict]) -> pd.DataFrame:
@@ -352,8 +356,8 @@ def provenance(records, timing) -> pd.DataFrame:
 def is_canonical(record: dict) -> bool:
     """The run is its method's preset, up to the teachers it had."""
     preset = PRESETS[record["method"]].fields()
-    return all(record["variant"][k] == (list(v) if isinstance(v, tuple) else v)
-               for k, v in preset.items() if k not in TEACHER_FIELDS)
+    fields = variant_from_fields(record["variant"]).fields()  # older records lack later fields
+    return all(fields[k] == v for k, v in preset.items() if k not in TEACHER_FIELDS)
 
 
 def gallery_picks(records, datasets=None, path_part: str = "") -> list[dict]:
