@@ -137,9 +137,9 @@ def _to_rgb8(im: Image.Image) -> Image.Image:
     return Image.fromarray(grey).convert("RGB")
 
 
-def to_unit_float(images: torch.Tensor, device) -> torch.Tensor:
-    """uint8 images from load_images as float32 in [0, 1] on DEVICE."""
-    return images.to(device, non_blocking=True).float().div_(255)
+def to_unit_float(images: torch.Tensor, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 images from load_images as floats (float32 unless DTYPE) in [0, 1] on DEVICE."""
+    return images.to(device, non_blocking=True).to(dtype).div_(255)
 
 
 def load_images(samples: list[Sample], size: int) -> torch.Tensor:

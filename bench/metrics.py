@@ -40,6 +40,10 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 AUPRO_CONNECTIVITY = 4
+AUPRO_FPR_LIMIT = 0.3
+# what every run record states about how its metrics were computed
+METRIC_SETTINGS = {"aupro_fpr_limit": AUPRO_FPR_LIMIT, "aupro_connectivity": AUPRO_CONNECTIVITY,
+                   "aupro_conn8_connectivity": 8}
 CONNECTIVITIES = {4: ndimage.generate_binary_structure(2, 1), 8: ndimage.generate_binary_structure(2, 2)}
 
 
@@ -83,7 +87,7 @@ def integrate_until(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2))
 
 
-def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, sorted_=None,
+def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = AUPRO_FPR_LIMIT, sorted_=None,
           connectivity: int = AUPRO_CONNECTIVITY) -> float:
     fpr, pro = pro_curve(masks, maps, sorted_, connectivity)
     return integrate_until(fpr, pro, fpr_limit) / fpr_limit
@@ -93,6 +97,7 @@ def all_metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps:
     """`aupro` at MVTec's 4-connectivity (what the tables show), `aupro_conn8` at anomalib's."""
     sorted_ = descending(maps.reshape(-1))
     return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps, sorted_),
-            "aupro": aupro(masks, maps, sorted_=sorted_, connectivity=4),
-            "aupro_conn8": aupro(masks, maps, sorted_=sorted_, connectivity=8),
+            "aupro": aupro(masks, maps, sorted_=sorted_, connectivity=METRIC_SETTINGS["aupro_connectivity"]),
+            "aupro_conn8": aupro(masks, maps, sorted_=sorted_,
+                                 connectivity=METRIC_SETTINGS["aupro_conn8_connectivity"]),
             "f1_max": f1_max(labels, scores)}

@@ -16,12 +16,12 @@ from bench import data as data_mod
 from bench.build import build_detector, teacher_sources
 from bench.env import git_revision, hardware, software
 from bench.evaluate import branch_maps, score_and_measure
+from bench.metrics import METRIC_SETTINGS
 from bench.store import write_json_atomic
 from bench.train import fit, get_recipe, seed_everything
 from bench.variants import Variant
 
 SCHEMA_VERSION = 1
-METRIC_SETTINGS = {"aupro_fpr_limit": 0.3, "aupro_connectivity": 4, "aupro_conn8_connectivity": 8}
 N_EXAMPLES = 4          # test images whose maps are kept beside the record (seed 0 only)
 EXAMPLE_SIZE = 128
 

@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bench.build import build_detector
+from bench.data import to_unit_float
 from bench.env import check_device, git_revision, hardware, software
 from bench.errors import UsageError
 from bench.store import write_json_atomic
@@ -173,10 +174,7 @@ def subject_fn(s: Subject, scope: str, device: torch.device, dtype: torch.dtype)
             return m.run(None, {"x": x.numpy()})
         if scope == "map":
             return run
-        return lambda x_u8: run(x_u8.to(torch.float32).div_(255))   # results are already on the host
-
-    def to_input(x_u8):  # as bench.data.to_unit_float, in the timed precision
-        return x_u8.to(device, non_blocking=True).to(dtype).div_(255)
+        return lambda x_u8: run(to_unit_float(x_u8, "cpu"))   # results are already on the host
 
     if s.role == "teacher":
         core = m
@@ -190,7 +188,7 @@ def subject_fn(s: Subject, scope: str, device: torch.device, dtype: torch.dtype)
         back = lambda out: (out.scores.cpu(), out.maps.to(E2E_MAP_DTYPE).cpu())  # noqa: E731
     if scope != "end_to_end":
         return core
-    return lambda x_u8: back(core(to_input(x_u8)))
+    return lambda x_u8: back(core(to_unit_float(x_u8, device, dtype)))
 
 
 def measure(fn, x, device: torch.device, iters: int, warmup: int = 0) -> np.ndarray:
