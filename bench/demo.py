@@ -17,7 +17,8 @@ import torch
 from tabulate import tabulate
 
 from bench.errors import UsageError
-from bench.run import Job, run_job
+from bench.jobs import Job
+from bench.run import run_job
 from bench.synthetic import CATEGORIES, make_dataset
 from bench.variants import create_variant
 
@@ -50,12 +51,12 @@ def run_demo(results: str = DEMO_RESULTS, epochs: int | None = None, weights: di
         print(f"[{i}/{len(jobs)}] {job.describe()}", flush=True)
         rec = run_job(job, results, weights=weights, progress=progress)
         records.append(rec)
-        m = rec["metrics"]
-        rows.append([rec["method"], job.category, job.variant.describe(), m["image_auroc"], m["pixel_auroc"],
-                     m["aupro"], m["f1_max"], rec["train"]["wall_s"]])
+        m = rec.metrics
+        rows.append([rec.method, job.category, job.variant.describe(), m["image_auroc"], m["pixel_auroc"],
+                     m["aupro"], m["f1_max"], rec.train["wall_s"]])
     print(tabulate(rows, headers=["method", "category", "variant", "image AUROC", "pixel AUROC", "AUPRO",
                                   "F1-max", "train s"], floatfmt=".3f"))
-    teachers = sorted({f"{t['backbone']} ({t['label'] or t['kind']})" for r in records for t in r["teachers"]})
+    teachers = sorted({f"{t['backbone']} ({t['label'] or t['kind']})" for r in records for t in r.teachers})
     print(f"teachers: {'; '.join(teachers)}")
     print(f"records in {Path(results) / 'runs' / 'synthetic'}; total {time.perf_counter() - start:.0f} s")
     print(f"next: invoke ablate --grid layers --data demo (any grid runs on this generated data)")

@@ -41,6 +41,8 @@ from bench.build import build_detector
 from bench.data import to_unit_float
 from bench.env import check_device, git_revision, hardware, software
 from bench.errors import UsageError
+from bench.grids import Grid
+from bench.records import TimingRecord
 from bench.store import write_json_atomic
 from bench.variants import Variant, create_variant
 
@@ -462,8 +464,7 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
         torch.set_num_threads(threads or os.cpu_count() or 1)
     named = [(n, create_variant(n, **(overrides or {}))) for n in (variants or ([] if grid else DEFAULT_VARIANTS))]
     if grid:
-        from bench.grid import grid_variants, load_grid
-        named += grid_variants(load_grid(grid), overrides)
+        named += [(gv.label, gv.variant) for gv in Grid.load(grid).variants(overrides)]
     batch_sizes = sorted(batch_sizes or ((1, 8, 32, 64) if cuda else (1, 8)))
     precisions = list(precisions or (("fp32", "fp16", "bf16") if cuda else ("fp32",)))
     scopes = list(scopes or SCOPES)
@@ -570,7 +571,7 @@ def _print_summary(records: list[dict]) -> None:
     rows = [[r["name"], r["scope"], r["batch_size"], r["precision"], r["median_ms"], r["images_per_s"]]
             for r in records if r["status"] == "ok"]
     print(tabulate(rows, headers=["subject", "scope", "batch", "precision", "median ms", "img/s"], floatfmt=".2f"))
-    ratios = run_ratios(records)
+    ratios = run_ratios([TimingRecord.from_dict(r) for r in records])
     if len(ratios):
         print("\nthroughput ratios within this run, median over rounds [bootstrap 95 % interval]:")
         print(tabulate(ratios[["scope", "batch_size", "precision", "ratio", "value"]], headers="keys",

@@ -107,6 +107,11 @@ class Variant:
         skip = (*EVAL_ONLY_FIELDS, "teacher_init", "teacher2_init", "alpha")
         return _digest({k: v for k, v in self.fields().items() if k not in skip})
 
+    @classmethod
+    def from_record(cls, record) -> Variant:
+        """The variant a run or timing record was made with (fields added since: their defaults)."""
+        return cls(**record.variant)
+
     def describe(self) -> str:
         main = f"{self.teacher}{list(self.layers)}/{self.student}{'+AAP' if self.pooling else ''}"
         if self.teacher_init != "pretrained":
@@ -216,7 +221,3 @@ def create_variant(name: str, **overrides) -> Variant:
     if name not in PRESETS:
         raise UnknownNameError(f"unknown variant {name!r}; registered: {', '.join(list_variants())}")
     return dataclasses.replace(PRESETS[name], **coerce_fields(overrides))
-
-
-def variant_from_fields(fields: dict) -> Variant:
-    return Variant(**fields)

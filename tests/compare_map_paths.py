@@ -18,14 +18,16 @@ from tabulate import tabulate
 from bench import data as data_mod
 from bench.build import build_detector
 from bench.evaluate import branch_maps, score_and_measure
-from bench.run import Job
-from bench.variants import variant_from_fields
+from bench.data_entries import data_folder
+from bench.jobs import Job
+from bench.records import RunRecord
+from bench.variants import Variant
 
 
 def compare(record_path: Path, results: Path = Path("results")) -> list[list]:
-    rec = json.loads(record_path.read_text())
-    job = Job(rec["variant_name"], variant_from_fields(rec["variant"]), rec["data_root"], rec["category"],
-              rec["seed"], rec["recipe"], rec["epochs"], rec["dataset"])
+    rec = RunRecord.from_dict(json.loads(record_path.read_text()))
+    job = Job(rec.variant_name, Variant.from_record(rec), str(data_folder(rec.data_root, rec.data_path)),
+              rec.category, rec.seed, rec.recipe, rec.epochs, rec.dataset)
     det = build_detector(job.variant)
     saved = torch.load(job.checkpoint_path(results), map_location="cpu", weights_only=False)
     for b, state in zip(det.branches, saved["students"]):
@@ -39,12 +41,12 @@ def compare(record_path: Path, results: Path = Path("results")) -> list[list]:
         det.map_path = path
         ev = score_and_measure(det, branch_maps(det, images), labels, masks)
         scores[path] = ev.scores
-        rows.append([rec["dataset"], rec["method"], rec["seed"], path, det.effective_map_path,
+        rows.append([rec.dataset, rec.method, rec.seed, path, det.effective_map_path,
                      *(round(ev.metrics[m], 4) for m in ("image_auroc", "pixel_auroc", "aupro"))])
     from scipy.stats import spearmanr
     rho = spearmanr(scores["exact"], scores["lean"]).statistic
     diff = [round(a - b, 4) for a, b in zip(rows[1][5:], rows[0][5:])]
-    rows.append([rec["dataset"], rec["method"], rec["seed"], "lean - exact", f"Spearman {rho:.5f}", *diff])
+    rows.append([rec.dataset, rec.method, rec.seed, "lean - exact", f"Spearman {rho:.5f}", *diff])
     return rows
 
 

@@ -163,7 +163,7 @@ def test_bad_input_gets_one_clear_message(argv, message, code, world, capsys, mo
 
 
 def test_bench_debug_shows_the_traceback(world, capsys, monkeypatch, tmp_path):
-    from bench.grid import GridError
+    from bench.errors import GridError
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BENCH_DEBUG", "1")
     with pytest.raises(GridError, match="no grid 'nope'"):
@@ -196,6 +196,6 @@ def test_timing_dash_h_is_help(capsys):
 
 
 def test_set_pooling_no_means_false(world, capsys, monkeypatch, tmp_path):
-    from bench.grid import expand, load_grid, parse_overrides, split_items
-    jobs = expand(load_grid("layers"), data=[world["tiny"]], overrides=parse_overrides(split_items("pooling=no,layers=[1,2]")))
+    from bench.grids import Grid, parse_overrides, split_items
+    jobs = Grid.load("layers").jobs(data=[world["tiny"]], overrides=parse_overrides(split_items("pooling=no,layers=[1,2]")))
     assert {j.variant.pooling for j in jobs} == {False} and {j.variant.layers for j in jobs} == {(1, 2)}

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from bench import report
-from bench.run import Job, _base_record
-from bench.store import write_json_atomic
+from bench.jobs import Job
+from bench.records import TimingRecord, write
+from bench.run import job_record
 from bench.timing import run_timing
 from bench.variants import create_variant
 
@@ -13,17 +14,15 @@ def fake_record(results, name, dataset, category, seed, rng, status="ok", recipe
     """A record as run_job writes it, with generated metrics (tests only; never under results/)."""
     v = create_variant(name, **overrides)
     job = Job(name, v, str(results), category, seed=seed, recipe=recipe, dataset=dataset)
-    rec = _base_record(job, "cpu")
-    labels = [0, 0, 1, 1]
+    rec = job_record(job, "cpu", status)
     if status == "ok":
-        rec.update(status="ok", metrics={m: float(rng.uniform(0.6, 1.0)) for m in
-                                         ("image_auroc", "pixel_auroc", "aupro", "f1_max")},
-                   teachers=[{"backbone": v.teacher, "kind": "random", "file": None, "sha256": None, "label": None}],
-                   test={"labels": labels, "scores": rng.random(4).tolist(), "defect": ["good"] * 2 + ["x"] * 2},
-                   examples=None, train={"best_epoch": 1})
+        rec.metrics = {m: float(rng.uniform(0.6, 1.0)) for m in ("image_auroc", "pixel_auroc", "aupro", "f1_max")}
+        rec.teachers = [{"backbone": v.teacher, "kind": "random", "file": None, "sha256": None, "label": None}]
+        rec.test = {"labels": [0, 0, 1, 1], "scores": rng.random(4).tolist(), "defect": ["good"] * 2 + ["x"] * 2}
+        rec.train = {"best_epoch": 1}
     else:
-        rec.update(status="failed", error="DataError: broken.png: corrupt or unreadable image")
-    write_json_atomic(job.record_path(results), rec)
+        rec.error = "DataError: broken.png: corrupt or unreadable image"
+    write(rec, job.record_path(results))
     return rec
 
 
@@ -73,9 +72,10 @@ def test_table1_table4_table5_table6_shapes(results):
 
 def test_ablation_and_seed_summary(results):
     runs = report.load_runs(results)
-    a = report.ablation_table(runs, "mixed", ("alpha",))
-    assert list(a.columns) == ["alpha=0.0", "alpha=0.1", "alpha=0.5"]
+    a = report.ablation_table(runs, "alpha")
+    assert list(a.columns) == ["alpha=0.0", "alpha=0.01", "alpha=0.1", "alpha=0.5", "alpha=1.0"]  # the file's
     assert a.loc[("mvtec_anomaly_detection",)].iloc[0]["alpha=0.5"] == "not run"
+    assert (a["alpha=0.01"] == "not run").all()
     s = report.seed_summary(runs)
     assert (s.seeds == 3).all() and len(s) == 8
 
@@ -93,10 +93,9 @@ def test_table3_timing_and_ratios(results):
 
 
 def _timing(run_id, name, ips, device="cuda", **options):
-    return {"run_id": run_id, "origin": "ours", "name": name, "method": name, "scope": "map", "batch_size": 1,
-            "precision": "fp32", "channels_last": False, "compile": False, "cuda_graphs": False, **options,
-            "median_ms": 1000 / ips, "p99_ms": 1000 / ips, "images_per_s": ips, "status": "ok",
-            "env": {"device_name": "GPU X", "device": device}, "variant": None, "variant_key": None}
+    return TimingRecord(run_id=run_id, name=name, method=name, scope="map", batch_size=1, precision="fp32",
+                        **options, median_ms=1000 / ips, p99_ms=1000 / ips, images_per_s=ips, status="ok",
+                        env={"device_name": "GPU X", "device": device})
 
 
 def test_table3_rows_come_from_one_run_never_mixed():
@@ -106,7 +105,7 @@ def test_table3_rows_come_from_one_run_never_mixed():
     t3 = report.table3_timing(timing, device_type="cuda")
     assert list(t3.columns) == ["mixed"]          # the latest run alone, labelled as single pass
     assert "single pass" in t3.index.get_level_values("run")[0]
-    rounds = dict(rounds=[{"median_ms": 10.0}] * 2, round_images_per_s=[100.0, 100.0])
+    rounds = dict(rounds=[{"median_ms": 10.0}] * 2)
     timing.append(_timing("20260101T120000Z", "stpm", 100.0, **rounds))
     t3 = report.table3_timing(timing, device_type="cuda")   # a run with rounds wins over later single passes
     assert list(t3.columns) == ["stpm"] and t3.index.get_level_values("run")[0] == "20260101T120000Z"
@@ -175,11 +174,11 @@ def test_ablation_plot_draws_one_curve_per_recipe_that_varies_the_axis(results, 
     rng = np.random.default_rng(1)
     paper = [fake_record(tmp_path, "mixed", "kolektorsdd", "kolektorsdd", s, rng, recipe="paper") for s in (0, 1)]
     for r in paper:
-        r["_path"] = "x"
-    fig = report.ablation_plot(runs + paper, "mixed", "alpha")
+        r.path = "x"
+    fig = report.ablation_plot(runs + paper, "alpha")
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["kolektorsdd"]  # the paper-recipe runs sit at one alpha: not a curve, not averaged in
-    quick = [r["metrics"]["image_auroc"] for r in runs if r["status"] == "ok" and r["dataset"] == "kolektorsdd"
-             and r["variant_name"] == "mixed" and r["variant"]["alpha"] == 0.1]
+    quick = [r.metrics["image_auroc"] for r in runs if r.ok and r.dataset == "kolektorsdd"
+             and r.variant_name == "mixed" and r.variant["alpha"] == 0.1]
     ys = fig.axes[0].lines[0].get_ydata()
     assert len(ys) == 3 and ys[1] == pytest.approx(100 * np.mean(quick))

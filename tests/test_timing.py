@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bench.build import build_detector
+from bench.records import TimingRecord
 from bench.intervals import bootstrap_median, map_cost, per_round_ratio, run_ratios
 from bench.timing import (Cell, build_subjects, count_gmacs, interleaved_rounds, latency_stats, measure,
                           run_timing, subject_fn)
@@ -45,10 +46,9 @@ def test_bootstrap_median_interval_by_hand():
 
 
 def _rec(name, ips, role="detector", floor=None, scope="map", bs=1):
-    return {"status": "ok", "run_id": "r1", "scope": scope, "batch_size": bs, "precision": "fp32",
-            "channels_last": False, "compile": False, "cuda_graphs": False, "name": name, "role": role,
-            "floor": floor, "round_images_per_s": ips, "median_ms": 1e3 * bs / np.median(ips),
-            "rounds": [{"median_ms": 1e3 * bs / v} for v in ips]}
+    """A timing record whose rounds ran at IPS images/s."""
+    return TimingRecord(status="ok", run_id="r1", scope=scope, batch_size=bs, precision="fp32", name=name, role=role,
+                        floor=floor, median_ms=1e3 * bs / np.median(ips), rounds=[{"median_ms": 1e3 * bs / v} for v in ips])
 
 
 def test_ratios_are_per_round_with_the_floor():
@@ -64,7 +64,7 @@ def test_ratios_are_per_round_with_the_floor():
 
 def test_ratios_never_mix_runs():
     a, b = _rec("reduced", [20, 20]), _rec("stpm", [10, 10])
-    b["run_id"] = "r2"
+    b.run_id = "r2"
     assert run_ratios([a, b]).empty
 
 
@@ -110,7 +110,7 @@ def test_cpu_run_records_every_round_of_every_subject_per_cell(tmp_path):
                 "peak_rss_mb", "precision_mode"):
         assert key in r
     assert r["env"]["threads_set"] == 1 and r["env"]["allocator"] and r["env"]["git_revision"]
-    assert len(run_ratios(recs)) == 4 * 3   # reduced/stpm, reduced/floor, stpm/floor in 4 cells
+    assert len(run_ratios([TimingRecord.from_dict(r) for r in recs])) == 4 * 3   # reduced/stpm, reduced/floor, stpm/floor in 4 cells
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -162,7 +162,7 @@ def test_onnxruntime_subject_matches_pytorch_and_is_timed_in_the_same_rounds(tmp
     ort = [r for r in recs if r["backend"] == "onnxruntime"]
     assert {r["scope"] for r in ort} == {"map", "end_to_end"}      # the export covers the map, not network alone
     assert all(r["status"] == "ok" and r["export_check"]["max_abs_diff_maps"] < 1e-4 for r in ort)
-    ratios = set(run_ratios(recs).ratio)
+    ratios = set(run_ratios([TimingRecord.from_dict(r) for r in recs]).ratio)
     assert {"reduced[ort] / reduced", "reduced[ort] / floor"} <= ratios
 
 
