@@ -246,7 +246,10 @@ def migrate(results: str | Path) -> int:
 
 
 def jsonable(value: Any) -> Any:
-    """Tuples as lists, as they come back from JSON (axis values such as layers=(1, 2))."""
+    """VALUE as it comes back from JSON: tuples (layers=(1, 2)) as lists, so a record in memory
+    equals the record read back."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     return value

@@ -32,7 +32,7 @@ def job_record(job: Job, device: str, status: str = "ok") -> RunRecord:
     root, folder = data_ref(job.data, job.entry)
     return RunRecord(
         status=status, method=job.variant.method, variant_name=job.variant_name, variant_key=job.variant.key,
-        train_key=job.variant.train_key, variant=job.variant.fields(),
+        train_key=job.variant.train_key, variant=jsonable(job.variant.fields()),
         grid={"name": job.grid, "axes": {k: jsonable(v) for k, v in job.axes}} if job.grid else None,
         dataset=job.dataset_name, category=job.category, data_root=root, data_path=folder, seed=job.seed,
         recipe=job.recipe, epochs=job.n_epochs,

@@ -1,8 +1,11 @@
 """Report tables and the notebooks, on a small set of generated records (with failed and missing cells)."""
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from bench import report
+from bench import grids, report
 from bench.jobs import Job
 from bench.records import TimingRecord, write
 from bench.run import job_record
@@ -182,3 +185,30 @@ def test_ablation_plot_draws_one_curve_per_recipe_that_varies_the_axis(results, 
              and r.variant_name == "mixed" and r.variant["alpha"] == 0.1]
     ys = fig.axes[0].lines[0].get_ydata()
     assert len(ys) == 3 and ys[1] == pytest.approx(100 * np.mean(quick))
+
+
+def test_a_new_grid_file_gets_its_table_plot_and_summary_section_with_no_code(tmp_path, monkeypatch):
+    ablations = tmp_path / "ablations"
+    ablations.mkdir()
+    for shipped in report.list_grids():  # the shipped grids, and one more file
+        shutil.copy(Path(grids.ABLATIONS) / f"{shipped[0]}.toml", ablations)
+    (ablations / "blur.toml").write_text('description = "Gaussian blur of the map"\nvariants = ["reduced"]\n'
+                                         'seeds = [0, 1]\n[axes]\nblur_sigma = [2.0, 4.0, 8.0]\n')
+    monkeypatch.setattr("bench.grids.ABLATIONS", ablations)
+    rng = np.random.default_rng(2)
+    for seed in (0, 1):
+        for sigma in (2.0, 4.0):
+            fake_record(tmp_path, "reduced", "kolektorsdd", "kolektorsdd", seed, rng, blur_sigma=sigma)
+    runs = report.load_runs(tmp_path)
+    t = report.ablation_table(runs, "blur")
+    assert list(t.columns) == ["blur_sigma=2.0", "blur_sigma=4.0", "blur_sigma=8.0"]   # the file's values
+    assert "±" in t.iloc[0]["blur_sigma=2.0"] and (t["blur_sigma=8.0"] == "not run").all()
+    assert "blur" in report.plottable_grids()
+    assert [x.get_text() for x in report.ablation_plot(runs, "blur").axes[0].get_xticklabels()] == ["2.0", "4.0"]
+    assert "## Grid `blur`: Gaussian blur of the map" in report.write_summary(tmp_path).read_text()
+
+
+@pytest.mark.parametrize("grid", [name for name, _ in report.list_grids()])
+def test_every_shipped_grid_has_a_table(results, grid):
+    t = report.ablation_table(report.load_runs(results), grid)
+    assert len(t) and not t.columns.empty
