@@ -159,11 +159,25 @@ def test_onnxruntime_subject_matches_pytorch_and_is_timed_in_the_same_rounds(tmp
     recs = run_timing(device="cpu", variants=["reduced"], batch_sizes=[2], scopes=["network", "map", "end_to_end"],
                       iters=2, warmup=1, rounds=2, threads=1, results=tmp_path, image_size=64, peers=False,
                       backends=("eager", "onnxruntime"))
-    ort = [r for r in recs if r["backend"] == "onnxruntime"]
-    assert {r["scope"] for r in ort} == {"map", "end_to_end"}      # the export covers the map, not network alone
+    ort = [r for r in recs if r["backend"] == "onnxruntime" and r["role"] == "detector"]
+    floor = [r for r in recs if r["backend"] == "onnxruntime" and r["role"] == "teacher"]
+    assert {r["scope"] for r in ort} == {r["scope"] for r in floor} == {"map", "end_to_end"}  # not network alone
     assert all(r["status"] == "ok" and r["export_check"]["max_abs_diff_maps"] < 1e-4 for r in ort)
+    assert all(r["status"] == "ok" and r["export_check"]["max_abs_diff_features"] < 1e-4 for r in floor)
+    # an exported detector's floor is its teacher exported alike, not the eager teacher
+    assert {r["floor"] for r in ort} == {r["name"] for r in floor}
     ratios = set(run_ratios([TimingRecord.from_dict(r) for r in recs]).ratio)
     assert {"reduced[ort] / reduced", "reduced[ort] / floor"} <= ratios
+
+
+def test_anomalib_inference_path_is_timed_beside_its_model(tmp_path):
+    pytest.importorskip("anomalib", reason="the peers extra (anomalib) is not installed")
+    recs = run_timing(device="cpu", variants=["stpm"], batch_sizes=[1], scopes=["network", "map", "end_to_end"],
+                      iters=1, warmup=1, rounds=2, threads=1, results=tmp_path, image_size=64)
+    inf = [r for r in recs if r["name"] == "anomalib-stfpm[inferencer]"]
+    assert {r["scope"] for r in inf} == {"map", "end_to_end"} and all(r["status"] == "ok" for r in inf)
+    assert all(r["backend"] == "inferencer" and r["origin"] == "anomalib" for r in inf)
+    assert {"stpm / anomalib-stfpm", "stpm / anomalib-stfpm[inferencer]"} <= set(run_ratios(recs).ratio)
 
 
 def test_onnxruntime_backend_refusals(tmp_path):
