@@ -40,22 +40,41 @@ def _weight_file(teacher: dict) -> dict:
     return teacher
 
 
-def _from_dict(cls, raw: dict, path: str | None):
-    names = {f.name for f in dataclasses.fields(cls)} - {"extra", "path"}
-    known = {k: v for k, v in raw.items() if k in names}
-    extra = {k: v for k, v in raw.items() if k not in names and k != "_path"}
-    return cls(**known, extra=extra, path=path)
+@dataclass(kw_only=True)
+class _Record:
+    """What both shapes have: a status, the environment, an error when it failed; keys this module
+    does not know (`extra`, written back as they came) and where it was read from (`path`)."""
+    status: str
+    env: dict = field(default_factory=dict)
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def upgrade(cls, raw: dict) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, raw: dict, path: str | None = None):
+        raw = cls.upgrade(raw)
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra", "path"}
+        known = {k: v for k, v in raw.items() if k in names}
+        extra = {k: v for k, v in raw.items() if k not in names and k != "_path"}
+        return cls(**known, extra=extra, path=path)
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "path")}
+        return {**out, **self.extra}
 
 
-def _to_dict(record) -> dict:
-    out = {f.name: getattr(record, f.name) for f in dataclasses.fields(record) if f.name not in ("extra", "path")}
-    return {**out, **record.extra}
-
-
-@dataclass
-class RunRecord:
-    """One job: which variant on which data, what it scored, and where it ran."""
-    status: str                          # "ok" or "failed"
+@dataclass(kw_only=True)
+class RunRecord(_Record):
+    """One job: which variant on which data, what it scored, and where it ran. `status`: ok or failed."""
+    schema_version: int = RUN_SCHEMA
     method: str | None = None
     variant_name: str | None = None      # the grid's label, e.g. "mixed alpha=0.5"
     variant_key: str | None = None
@@ -70,29 +89,20 @@ class RunRecord:
     recipe: str | None = None
     recipe_fields: dict | None = None
     epochs: int | None = None
-    env: dict = field(default_factory=dict)
     metrics: dict | None = None
     metric_settings: dict | None = None
-    map_path: str = "exact"              # records before the lean path computed every map exactly
     train: dict | None = None            # the training summary; `student`: trained, checkpoint or sibling
-    teachers: list = field(default_factory=list)  # per branch: backbone, kind, file (name), sha256, label
     layout: str | None = None
     n_test: int | None = None
     n_test_defective: int | None = None
+    teachers: list = field(default_factory=list)  # per branch: backbone, kind, file (name), sha256, label
     test: dict | None = None             # per test image: labels, scores, defect
     examples: str | None = None          # the .npz of example maps beside the record (seed 0)
+    map_path: str = "exact"              # records before the lean path computed every map exactly
     started: str | None = None
     wall_s: float | None = None
-    error: str | None = None
     traceback: str | None = None
     slurm: dict | None = None
-    schema_version: int = RUN_SCHEMA
-    extra: dict = field(default_factory=dict)
-    path: str | None = None              # where it was read from (not stored)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
 
     @property
     def recipe_label(self) -> str:
@@ -103,11 +113,8 @@ class RunRecord:
         return self.env.get("device", "")
 
     @classmethod
-    def from_dict(cls, raw: dict, path: str | None = None) -> RunRecord:
-        return _from_dict(cls, upgrade_run(raw), path)
-
-    def to_dict(self) -> dict:
-        return _to_dict(self)
+    def upgrade(cls, raw: dict) -> dict:
+        return upgrade_run(raw)
 
 
 def upgrade_run(raw: dict) -> dict:
@@ -124,16 +131,16 @@ def upgrade_run(raw: dict) -> dict:
     return rec
 
 
-@dataclass
-class TimingRecord:
-    """One subject timed in one cell (scope, batch, precision, options) of one timing run."""
-    status: str                          # "ok", "failed" or "oom"
+@dataclass(kw_only=True)
+class TimingRecord(_Record):
+    """One subject timed in one cell (scope, batch, precision, options) of one timing run.
+    `status`: ok, failed or oom."""
+    schema_version: int = TIMING_SCHEMA
     run_id: str
     name: str                            # the subject: a variant name, "teacher:...", or a peer's
     scope: str
     batch_size: int
     precision: str
-    env: dict = field(default_factory=dict)
     role: str = "detector"               # detector, teacher (a detector's floor) or peer
     origin: str = "ours"
     method: str | None = None
@@ -167,14 +174,6 @@ class TimingRecord:
     peak_device_mem_mb_cell: float | None = None
     peak_rss_mb: float | None = None
     gpu_activity: dict | None = None
-    error: str | None = None
-    schema_version: int = TIMING_SCHEMA
-    extra: dict = field(default_factory=dict)
-    path: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
 
     @property
     def round_images_per_s(self) -> list[float]:
@@ -187,11 +186,8 @@ class TimingRecord:
                 self.cuda_graphs)
 
     @classmethod
-    def from_dict(cls, raw: dict, path: str | None = None) -> TimingRecord:
-        return _from_dict(cls, upgrade_timing(raw), path)
-
-    def to_dict(self) -> dict:
-        return _to_dict(self)
+    def upgrade(cls, raw: dict) -> dict:
+        return upgrade_timing(raw)
 
 
 def timing_teachers(backbones) -> list[dict]:
