@@ -251,7 +251,8 @@ def timing(c, device="cpu", variants=None, batch_sizes=None, precisions=None, pr
 @task(help={"results": "results folder", "datasets": "comma-separated datasets to show (default: all)"})
 @_boundary
 def tables(c, results="results", datasets=""):
-    """Execute the notebooks (Tables 1-6, figures, overview) into results/rendered/ as .ipynb and .html."""
+    """Execute the notebooks (Tables 1-6, every grid, figures, overview) into one HTML page each under
+    results/rendered/, and write results/SUMMARY.md."""
     from pathlib import Path
 
     from bench.notebooks import render_all

@@ -145,16 +145,19 @@ def test_ci95():
 @pytest.mark.slow
 def test_every_notebook_executes_on_generated_records(results, tmp_path):
     from bench.notebooks import ORDER, render_all
-    outs = render_all(results=results, out_dir=tmp_path, html=True)
-    assert [o.stem for o in outs] == list(ORDER)
+    pages = render_all(results=results, out_dir=tmp_path, keep_notebooks=True)
+    assert [p.stem for p in pages] == list(ORDER) and (tmp_path / "style.css").is_file()
     import nbformat
-    for o in outs:
-        cells = nbformat.read(o, as_version=4).cells
+    for p in pages:
+        cells = nbformat.read(p.with_suffix(".ipynb"), as_version=4).cells
         assert not [out for c in cells for out in c.get("outputs", []) if out.get("output_type") == "error"]
-        assert o.with_suffix(".html").stat().st_size > 1000
+        html = p.read_text()
+        assert 'href="style.css"' in html and "--jp-" not in html  # one stylesheet, not one per page
+        assert str(results) not in html
     t2 = (tmp_path / "table2_reduced.html").read_text()
     assert "not run" in t2 and "paper (Thomine et al., VISAPP 2023)" in t2 and "kolektorsdd" in t2
-    assert "Failed runs:** 1" in (tmp_path / "overview.ipynb").read_text()
+    assert "Failed runs:</strong> 1" in (tmp_path / "overview.html").read_text()
+    assert "alpha=0.01" in (tmp_path / "ablations.html").read_text()
 
 
 @pytest.mark.parametrize("table,means", [("TABLE2", "TABLE2_MEAN"), ("TABLE4", "TABLE4_MEAN"), ("TABLE5", "TABLE5_MEAN")])
