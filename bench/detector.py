@@ -151,7 +151,7 @@ MAP_PATHS = ("lean", "exact")
 class Prediction:
     scores: torch.Tensor          # (B,)
     maps: torch.Tensor            # (B,H,W), blurred, at the image size (or the map resolution if asked)
-    parts: dict[str, torch.Tensor]  # per-branch maps before fusion and blur, at the map resolution
+    branch_maps: dict[str, torch.Tensor]  # per branch (BRANCH_NAMES), before fusion and blur, at the map resolution
 
 
 class Detector(nn.Module):
@@ -164,7 +164,7 @@ class Detector(nn.Module):
         if not 1 <= len(branches) <= 2:
             raise ValueError("a detector has one branch, or two for MixedTeacher")
         self.branches = nn.ModuleList(branches)
-        self.weights = [1.0, alpha][: len(branches)]
+        self.loss_weights = [1.0, alpha][: len(branches)]   # Eq. 8
         self.fusion, self.score, self.blur_sigma = fusion, score, blur_sigma
         self.map_weighting = map_weighting
         if map_path not in MAP_PATHS:
@@ -182,7 +182,7 @@ class Detector(nn.Module):
         """Eq. 8 for each image -> (B,). `fts` may be cached teacher features (the teacher is frozen)."""
         fts = fts if fts is not None else self.teacher_features(x)
         return sum(w * features_loss([t.float() for t in ft], b.student_features(x))
-                   for w, b, ft in zip(self.weights, self.branches, fts))
+                   for w, b, ft in zip(self.loss_weights, self.branches, fts))
 
     @property
     def effective_map_path(self) -> str:
@@ -199,11 +199,11 @@ class Detector(nn.Module):
             out.append(features_map(fts, fss, tuple(size), self.map_weighting))
         return out
 
-    def score_maps(self, parts: list[torch.Tensor], size: tuple[int, int],
+    def score_maps(self, branch_maps: list[torch.Tensor], size: tuple[int, int],
                    full_size: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 11 (two branches), blur, Eq. 12: branch maps -> (scores, final maps at SIZE, or at the
         map resolution when not FULL_SIZE)."""
-        fused = parts[0] if len(parts) == 1 else fuse(parts[0], parts[1], self.fusion)
+        fused = branch_maps[0] if len(branch_maps) == 1 else fuse(branch_maps[0], branch_maps[1], self.fusion)
         ratio = size[-1] / fused.shape[-1]
         low = gaussian_blur(fused, self.blur_sigma / ratio)
         scores = image_score(low, self.score)
@@ -220,6 +220,6 @@ class Detector(nn.Module):
     def predict(self, x: torch.Tensor, full_size: bool = True) -> Prediction:
         """The one inference path: evaluation, figures and timing all come through here (evaluation
         calls its two halves so that variants differing only in evaluation share the branch maps)."""
-        parts = self.branch_maps(x)
-        scores, maps = self.score_maps(parts, tuple(x.shape[-2:]), full_size)
-        return Prediction(scores, maps, dict(zip(BRANCH_NAMES, parts)))
+        per_branch = self.branch_maps(x)
+        scores, maps = self.score_maps(per_branch, tuple(x.shape[-2:]), full_size)
+        return Prediction(scores, maps, dict(zip(BRANCH_NAMES, per_branch)))

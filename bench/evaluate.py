@@ -16,7 +16,7 @@ class Evaluation:
     metrics: dict
     scores: np.ndarray       # (N,)
     maps: np.ndarray         # (N,H,W) float32, final blurred maps
-    parts: dict              # branch name -> (N,H,W) float32 maps before fusion and blur
+    branch_maps: dict        # branch name -> (N,H,W) float32 maps before fusion and blur
 
 
 @torch.no_grad()
@@ -29,13 +29,13 @@ def branch_maps(detector: Detector, images: torch.Tensor, device="cpu", batch_si
     return [torch.cat([c[b].cpu() for c in chunks]) for b in range(len(detector.branches))]
 
 
-def score_and_measure(detector: Detector, parts: list[torch.Tensor], labels: np.ndarray, masks: np.ndarray,
+def score_and_measure(detector: Detector, maps_per_branch: list[torch.Tensor], labels: np.ndarray, masks: np.ndarray,
                       batch_size: int = 64) -> Evaluation:
     """Branch maps -> scores and full-size maps (Detector.score_maps, as predict) -> metrics."""
     scores, maps = [], []
     size = tuple(masks.shape[-2:])
-    for i in range(0, len(parts[0]), batch_size):
-        s, m = detector.score_maps([p[i:i + batch_size] for p in parts], size)
+    for i in range(0, len(maps_per_branch[0]), batch_size):
+        s, m = detector.score_maps([p[i:i + batch_size] for p in maps_per_branch], size)
         scores.append(s.numpy())
         maps.append(m.numpy())
     scores = np.concatenate(scores).astype(np.float64)
@@ -43,5 +43,5 @@ def score_and_measure(detector: Detector, parts: list[torch.Tensor], labels: np.
     if not np.isfinite(scores).all():
         raise FloatingPointError("the detector produced non-finite anomaly scores")
     return Evaluation(all_metrics(labels, scores, masks, maps), scores, maps,
-                      {n: p.numpy() for n, p in zip(BRANCH_NAMES, parts)})
+                      {n: p.numpy() for n, p in zip(BRANCH_NAMES, maps_per_branch)})
 

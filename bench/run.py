@@ -80,8 +80,8 @@ def _examples(job: Job, split, test_images, masks, ev, path: Path) -> str | None
         "score": ev.scores[pick], "label": labels[pick],
         "name": np.array([f"{split.test[i].defect}/{split.test[i].path.name}" for i in pick]),
     }
-    for name, part in ev.parts.items():
-        arrays[f"map_{name}"] = small(torch.from_numpy(part[pick])).squeeze(1).half().numpy()
+    for name, branch_map in ev.branch_maps.items():
+        arrays[f"map_{name}"] = small(torch.from_numpy(branch_map[pick])).squeeze(1).half().numpy()
     out = path.with_suffix(".npz")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")

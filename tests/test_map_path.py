@@ -83,10 +83,10 @@ def test_lean_map_within_tolerance_of_exact_for_every_preset(name, batch):
     out = {}
     for path in MAP_PATHS:
         det.map_path = path
-        parts = det.branch_maps(batch)
+        per_branch = det.branch_maps(batch)
         for score in LEAN_SCORE_TOL:
             det.score = score
-            out[path, score] = det.score_maps(parts, tuple(batch.shape[-2:]))
+            out[path, score] = det.score_maps(per_branch, tuple(batch.shape[-2:]))
     det.map_path = "lean"
     assert det.effective_map_path == ("exact" if len(det.branches) == 2 else "lean")
     for score, tol in LEAN_SCORE_TOL.items():
@@ -99,7 +99,7 @@ def test_lean_map_within_tolerance_of_exact_for_every_preset(name, batch):
 def test_lean_map_resolution_is_the_finest_level_and_full_size_is_one_upsample(batch):
     det = build_detector(create_variant("stpm", **RANDOM)).eval()
     low = det.predict(batch, full_size=False)
-    assert low.maps.shape[-1] == 128 // 4 and low.parts["main"].shape[-1] == 128 // 4   # STPM's layer1
+    assert low.maps.shape[-1] == 128 // 4 and low.branch_maps["main"].shape[-1] == 128 // 4   # STPM's layer1
     full = det.predict(batch)
     assert full.maps.shape[-1] == 128 and torch.equal(full.scores, low.scores)
 

@@ -129,7 +129,7 @@ def test_mixed_detector_end_to_end_shapes(teachers):
     loss.sum().backward()
     assert all(p.grad is None for p in det.branches[0].teacher.parameters())
     pred = det.predict(x)
-    assert pred.maps.shape == (2, 64, 64) and pred.scores.shape == (2,) and set(pred.parts) == {"main", "aux"}
+    assert pred.maps.shape == (2, 64, 64) and pred.scores.shape == (2,) and set(pred.branch_maps) == {"main", "aux"}
 
 
 def test_alpha_weights_the_second_teacher(teachers):

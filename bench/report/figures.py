@@ -19,15 +19,15 @@ def gallery(record: RunRecord, max_rows: int = 4):
     """Test images, ground truth, the final map, and each teacher's map (the paper's Fig. 2 idea)."""
     path = Path(record.path).with_name(record.examples)
     ex = np.load(path)
-    parts = [k for k in ("map_main", "map_aux") if k in ex]
-    cols = ["image", "ground truth", "final map", *parts]
+    branches = [k for k in ("map_main", "map_aux") if k in ex]
+    cols = ["image", "ground truth", "final map", *branches]
     n = min(max_rows, len(ex["image"]))
     fig, axes = plt.subplots(n, len(cols), figsize=(2.2 * len(cols), 2.2 * n), squeeze=False)
     titles = {"map_main": f"teacher 1 ({record.variant['teacher']})",
               "map_aux": f"teacher 2 ({record.variant.get('teacher2')})"}
     for i in range(n):
         panels = [ex["image"][i].transpose(1, 2, 0), ex["mask"][i], ex["map"][i].astype(float),
-                  *[ex[p][i].astype(float) for p in parts]]
+                  *[ex[b][i].astype(float) for b in branches]]
         for j, (ax, img) in enumerate(zip(axes[i], panels)):
             ax.imshow(img, cmap=None if j == 0 else ("gray" if j == 1 else "jet"))
             ax.set_xticks([])
