@@ -1,8 +1,7 @@
 """Teacher(s) + student(s) as one nn.Module: features, loss (Eq. 2-8), anomaly maps (Eq. 9-10),
-MixedTeacher fusion (Eq. 11) and image score (Eq. 12)."""
+MixedTeacher fusion (Eq. 11) and image score (Eq. 12). Eq. 1 (pooling) lives with the students."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.backbones import Teacher
-from bench.students import build_student
+from bench.students import build_student, pool_teacher_features
 
 FUSIONS = ("minmax", "l2rows")
 BRANCH_NAMES = ("main", "aux")
@@ -21,7 +20,8 @@ MAP_WEIGHTINGS = ("plain", "area")
 
 
 def layer_distance(ft: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
-    """Eq. 2 (as STPM): 1/2 squared L2 distance of channel-normalised features, per position -> (B,H,W).
+    """Eq. 2 (as STPM; Eq. 5 is the same for the EfficientNet branch): 1/2 squared L2 distance of
+    channel-normalised features, per position -> (B,H,W).
 
     Computed as 1 - cos from three channel reductions (0.5 * |ft/|ft| - fs/|fs||^2 expands to
     0.5 * (|f^t|^2 + |f^s|^2) - cos), accumulated in fp32 whatever the input's dtype, instead of two
@@ -43,7 +43,8 @@ def layer_distance(ft: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
 
 
 def features_loss(fts: list[torch.Tensor], fss: list[torch.Tensor]) -> torch.Tensor:
-    """Eq. 3-4 / 6-7 for each image: mean over positions, sum over layers -> (B,). How the batch is
+    """Eq. 3-4 (Eq. 6-7 for the EfficientNet branch) for each image: mean over positions, sum over
+    layers -> (B,). How the batch is
     reduced is the recipe's choice (`train.reduce_batch`)."""
     return sum(layer_distance(t, s).mean(dim=(1, 2)) for t, s in zip(fts, fss))
 
@@ -126,11 +127,8 @@ class Branch(nn.Module):
 
     def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         fts = self.teacher(x)
-        if self.pooling:  # Eq. 1: adaptive average pooling to the student's half resolution
-            stem = self.teacher.trunk.names[0]  # the stride-2 level stays at full resolution
-            fts = [f if tap == stem else
-                   F.adaptive_avg_pool2d(f, (math.ceil(f.shape[-2] / 2), math.ceil(f.shape[-1] / 2)))
-                   for tap, f in zip(self.teacher.taps, fts)]
+        if self.pooling:  # Eq. 1
+            fts = pool_teacher_features(fts, self.teacher.taps, self.teacher.trunk.names[0])
         return fts
 
     def student_features(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -16,8 +16,10 @@ so the c_l/2 of §3.2's shape statement cannot hold for the compared features.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench.backbones import Teacher, Trunk, cut_stages, family_of, timm
@@ -72,6 +74,21 @@ def build_student(kind: str, teacher: Teacher, pooling: bool) -> Trunk:
     else:
         raise ValueError(f"unknown student {kind!r}; choose one of {STUDENT_KINDS}")
     if pooling:
-        name, module = stages[1]
-        stages[1] = (name, nn.Sequential(nn.MaxPool2d(2), module))
+        stages = half_resolution(stages)
     return Trunk(stages, teacher.taps).train()
+
+
+# Eq. 1, both sides in one place: with pooling, the student works at half the teacher's resolution
+# after the stem layer, and the teacher's features there are average-pooled to meet it.
+def half_resolution(stages: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """The student's side: a 2x max-pool at the entry of the second stage (the official code strides
+    layer1's first block instead: same output shape)."""
+    name, module = stages[1]
+    return [stages[0], (name, nn.Sequential(nn.MaxPool2d(2), module)), *stages[2:]]
+
+
+def pool_teacher_features(fts: list[torch.Tensor], names: list[str], stem: str) -> list[torch.Tensor]:
+    """The teacher's side (Eq. 1, AAP): every layer but the stride-2 stem, adaptive-average-pooled
+    to half its size, rounded up."""
+    return [f if name == stem else F.adaptive_avg_pool2d(f, (math.ceil(f.shape[-2] / 2), math.ceil(f.shape[-1] / 2)))
+            for name, f in zip(names, fts)]
