@@ -44,8 +44,7 @@ def layer_distance(ft: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
 
 def features_loss(fts: list[torch.Tensor], fss: list[torch.Tensor]) -> torch.Tensor:
     """Eq. 3-4 (Eq. 6-7 for the EfficientNet branch) for each image: mean over positions, sum over
-    layers -> (B,). How the batch is
-    reduced is the recipe's choice (`train.reduce_batch`)."""
+    layers -> (B,). How the batch is reduced is the recipe's choice (`train.reduce_batch`)."""
     return sum(layer_distance(t, s).mean(dim=(1, 2)) for t, s in zip(fts, fss))
 
 
