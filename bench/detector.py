@@ -14,7 +14,7 @@ from bench.students import build_student, pool_teacher_features
 FUSIONS = ("minmax", "l2rows")
 BRANCH_NAMES = ("main", "aux")
 SCORES = ("sum", "max")
-# How Eq. 9-10 weigh the levels: `plain` sums them (the paper); `area` divides each level's map by
+# How Eq. 9-10 weigh the layers: `plain` sums them (the paper); `area` divides each layer's map by
 # its h*w first (the official MixedTeacher code, so a coarse level outweighs a fine one).
 MAP_WEIGHTINGS = ("plain", "area")
 
@@ -127,7 +127,7 @@ class Branch(nn.Module):
     def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         fts = self.teacher(x)
         if self.pooling:  # Eq. 1
-            fts = pool_teacher_features(fts, self.teacher.taps, self.teacher.trunk.names[0])
+            fts = pool_teacher_features(fts, self.teacher.layer_names, self.teacher.trunk.names[0])
         return fts
 
     def student_features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -136,7 +136,7 @@ class Branch(nn.Module):
 
 # How maps are computed (recorded with every evaluation; not part of a variant's key):
 # `exact`: every level upsampled to the image size, summed, fused, blurred at the image size.
-# `lean`:  a one-branch detector sums its levels at the finest level's resolution; its image score
+# `lean`:  a one-branch detector sums its layers at the finest layer's resolution; its image score
 #          comes from that map blurred there with sigma scaled by the resolution ratio (Eq. 12's sum
 #          scaled by the area ratio); a full-size map, when asked for, is one upsample of the summed
 #          map blurred at full size. MixedTeacher keeps `exact`: its Eq. 11 product is not the same

@@ -2,7 +2,7 @@
 
 - `full`    the STPM student: the teacher's architecture, random init.
 - `reduced` §3.2 / Fig. 1: one block per stage (the first, which carries the stage's stride and
-            channel change); with pooling, features after the stem level come out at half the
+            channel change); with pooling, features after the stem layer come out at half the
             teacher's resolution (an extra 2x max-pool at the entry of the second stage; the official
             code strides layer1's first block instead, same output shape). Works for every family
             `backbones.family_of` knows, so "reduced" applies to EfficientNet teachers too.
@@ -75,7 +75,7 @@ def build_student(kind: str, teacher: Teacher, pooling: bool) -> Trunk:
         raise ValueError(f"unknown student {kind!r}; choose one of {STUDENT_KINDS}")
     if pooling:
         stages = half_resolution(stages)
-    return Trunk(stages, teacher.taps).train()
+    return Trunk(stages, teacher.layer_names).train()
 
 
 # Eq. 1, both sides in one place: with pooling, the student works at half the teacher's resolution

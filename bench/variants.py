@@ -22,8 +22,8 @@ EVAL_ONLY_FIELDS = ("fusion", "score", "blur_sigma", "map_weighting")
 # Fields added after records existed: at this value they are left out of the keys, so the keys (and
 # record file names) of every earlier variant stay what they were.
 LATER_FIELDS = {"map_weighting": "plain"}
-# Every supported backbone family (timm ResNet- and EfficientNet-style) has feature levels 0..4.
-N_LEVELS = 5
+# Every supported backbone family (timm ResNet- and EfficientNet-style) has layers 0..4 (timm's out_indices).
+N_LAYERS = 5
 # Both families downsample by 32; smaller inputs or other sizes leave the deepest level ragged.
 STRIDE = 32
 INITS = ("pretrained", "random")
@@ -33,7 +33,7 @@ INITS = ("pretrained", "random")
 class Variant:
     method: str
     teacher: str = "resnet18"
-    layers: tuple[int, ...] = (0, 1, 2, 3)     # timm feature levels (out_indices)
+    layers: tuple[int, ...] = (0, 1, 2, 3)     # teacher layers, timm's out_indices (0 = stem)
     student: str = "reduced"
     pooling: bool = True
     teacher_init: str = "pretrained"
@@ -46,7 +46,7 @@ class Variant:
     score: str = "sum"                          # Eq. 12 (sum) or max
     blur_sigma: float = 4.0
     image_size: int = 256
-    map_weighting: str = "plain"                # Eq. 9-10: levels summed plainly, or each / (h*w) (official code)
+    map_weighting: str = "plain"                # Eq. 9-10: layers summed plainly, or each / (h*w) (official code)
 
     def __post_init__(self):
         for name, value in coerce_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}).items():
@@ -59,9 +59,9 @@ class Variant:
         if self.image_size <= 0 or self.image_size % STRIDE:
             problems.append(f"image_size {self.image_size} must be a positive multiple of {STRIDE} (the networks' stride)")
         for name in ("layers", "layers2"):
-            bad = [lv for lv in getattr(self, name) if not 0 <= lv < N_LEVELS]
+            bad = [i for i in getattr(self, name) if not 0 <= i < N_LAYERS]
             if bad:
-                problems.append(f"{name} {bad} out of range: feature levels are 0..{N_LEVELS - 1}")
+                problems.append(f"{name} {bad} out of range: layers are 0..{N_LAYERS - 1} (timm's out_indices)")
         for name in ("teacher_init", "teacher2_init"):
             if getattr(self, name) not in INITS:
                 problems.append(f"{name} {getattr(self, name)!r} not in {INITS}")

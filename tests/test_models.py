@@ -7,7 +7,7 @@ from bench.backbones import Teacher
 from bench.detector import (Branch, Detector, features_loss, features_map, fuse, gaussian_blur,
                             image_score, layer_distance)
 
-# (backbone, levels, channels, strides) at 256 px
+# (backbone, layers, channels, strides) at 256 px
 TEACHERS = {
     "resnet18": ((0, 1, 2, 3), [64, 64, 128, 256], [2, 4, 8, 16]),
     "efficientnet_b0": ((0, 1, 2, 3, 4), [16, 24, 40, 112, 320], [2, 4, 8, 16, 32]),
@@ -24,7 +24,7 @@ def teachers():
 @pytest.mark.parametrize("student", ["full", "reduced", "conv", "copy"])
 @pytest.mark.parametrize("pooling", [True, False])
 def test_feature_shapes_at_256(teachers, backbone, student, pooling):
-    levels, chans, strides = TEACHERS[backbone]
+    layers, chans, strides = TEACHERS[backbone]
     branch = Branch(teachers[backbone], student, pooling)
     x = torch.rand(2, 3, 256, 256)
     ft, fs = branch.teacher_features(x), branch.student_features(x)
@@ -150,3 +150,4 @@ def test_map_weighting_reaches_the_detector(teachers):
     plain = Detector([b]).branch_maps(x)[0]
     area = Detector([b], map_weighting="area").branch_maps(x)[0]
     assert not torch.allclose(plain, area) and area.max() < plain.max()
+

@@ -62,9 +62,9 @@ def test_table2_labels_ours_and_the_papers(results):
 def test_table1_table4_table5_table6_shapes(results):
     runs = report.load_runs(results)
     t1 = report.table1_layers(runs)
-    assert list(t1.columns) == ["levels 1+2", "levels 2+3", "levels 0+1+2+3"]
+    assert list(t1.columns) == ["layers 1+2", "layers 2+3", "layers 0+1+2+3"]
     assert t1.loc[("mvtec_anomaly_detection",)].shape[0] == 1
-    assert (t1.loc[("mvtec_anomaly_detection",)][["levels 1+2", "levels 2+3"]] == "not run").all(axis=None)
+    assert (t1.loc[("mvtec_anomaly_detection",)][["layers 1+2", "layers 2+3"]] == "not run").all(axis=None)
     t4 = report.table4_mixed(runs)
     assert t4.shape == (2, 4)
     t5 = report.table5_pixel(runs)

@@ -26,7 +26,7 @@ def sections(runs, timing, keep) -> list[tuple[str, pd.DataFrame, bool]]:
         ("Table 4 (image AUROC %): MixedTeacher", table4_mixed(runs, keep), True),
         ("Table 5 (pixel AUROC %)", table5_pixel(runs, keep)["pixel AUROC"], True),
         ("AUPRO % (FPR <= 0.3; the paper reports none)", table5_pixel(runs, keep)[AUPRO_TITLE], True),
-        ("Table 1 (image AUROC %): feature levels of the reduced student", table1_layers(runs, keep), True),
+        ("Table 1 (image AUROC %): teacher layers of the reduced student", table1_layers(runs, keep), True),
         *((f"Grid `{name}`: {description} (image AUROC %)", ablation_table(runs, name, datasets=keep), True)
           for name, description in list_grids()),
         ("Table 3 (scope `map`, batch 1, fp32; device named per row)", table3_timing(timing), True),

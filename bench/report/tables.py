@@ -67,16 +67,16 @@ def ablation_table(records, grid: str | Grid, metric: str = "image_auroc", datas
 
 
 def table1_layers(records, datasets=None) -> pd.DataFrame:
-    """Mean image AUROC per dataset for the layers grid's feature-level sets (reduced student)."""
+    """Mean image AUROC per dataset for the layers grid's sets of teacher layers (reduced student)."""
     grid = Grid.load("layers")
     df = runs_of_grid(runs_frame(records, datasets), grid)
     if df.empty:
         return _not_run()
-    known = ["levels " + axis_label(v) for v in grid.axes["layers"]]
-    df = df.assign(levels=df["v.layers"].map(lambda t: "levels " + axis_label(t)))
+    known = ["layers " + axis_label(v) for v in grid.axes["layers"]]
+    df = df.assign(layers=df["v.layers"].map(lambda t: "layers " + axis_label(t)))
     # dataset mean over its categories per seed, then mean ± CI over seeds
-    per_seed = df.groupby(["dataset", "teachers", "recipe", "levels", "seed"])["image_auroc"].mean().reset_index()
-    table = _pivot(per_seed, ["dataset", "teachers", "recipe"], ["levels"], "image_auroc")
+    per_seed = df.groupby(["dataset", "teachers", "recipe", "layers", "seed"])["image_auroc"].mean().reset_index()
+    table = _pivot(per_seed, ["dataset", "teachers", "recipe"], ["layers"], "image_auroc")
     return table.reindex(columns=_in_order(set(table.columns), known), fill_value=NOT_RUN)
 
 
