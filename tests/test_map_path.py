@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from bench.build import build_detector
-from bench.detector import (MAP_PATHS, Detector, fuse, gaussian_blur, gaussian_kernel, image_score,
+from bench.detector import (MAP_PATHS, SCORES, Detector, fuse, gaussian_blur, gaussian_kernel, image_score,
                             layer_distance)
 from bench.variants import create_variant, list_variants
 
@@ -75,6 +75,10 @@ def test_exact_path_is_the_textbook_computation(name, batch):
 # a blur at the finest level's resolution. Scores move far less (Eq. 12 averages the differences out).
 # A max is one pixel, so it moves more than a sum.
 LEAN_MAP_TOL, LEAN_SCORE_TOL = 0.05, {"sum": 2e-3, "max": 5e-2}
+
+
+def test_every_score_rule_has_a_stated_lean_tolerance():
+    assert set(LEAN_SCORE_TOL) == set(SCORES)
 
 
 @pytest.mark.parametrize("name", list_variants())

@@ -4,8 +4,9 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from bench.backbones import Teacher
-from bench.detector import (Branch, Detector, features_loss, features_map, fuse, gaussian_blur,
-                            image_score, layer_distance)
+from bench.detector import (FUSIONS, MAP_WEIGHTINGS, SCORES, Branch, Detector, features_loss, features_map, fuse,
+                            gaussian_blur, image_score, layer_distance)
+from bench.students import STUDENT_KINDS
 
 # (backbone, layers, channels, strides) at 256 px
 TEACHERS = {
@@ -21,7 +22,7 @@ def teachers():
 
 
 @pytest.mark.parametrize("backbone", TEACHERS)
-@pytest.mark.parametrize("student", ["full", "reduced", "conv", "copy"])
+@pytest.mark.parametrize("student", STUDENT_KINDS)
 @pytest.mark.parametrize("pooling", [True, False])
 def test_feature_shapes_at_256(teachers, backbone, student, pooling):
     layers, chans, strides = TEACHERS[backbone]
@@ -151,3 +152,19 @@ def test_map_weighting_reaches_the_detector(teachers):
     area = Detector([b], map_weighting="area").branch_maps(x)[0]
     assert not torch.allclose(plain, area) and area.max() < plain.max()
 
+
+@pytest.fixture(scope="module")
+def mixed64():
+    from bench.build import build_detector
+    from bench.variants import create_variant
+    return build_detector(create_variant("mixed", teacher_init="random", teacher2_init="random", image_size=64)).eval()
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("weighting", MAP_WEIGHTINGS)
+def test_every_registered_reading_scores_a_batch(mixed64, fusion, score, weighting):
+    """Every Eq. 11 fusion, Eq. 12 score and Eq. 9-10 weighting the registries offer runs end to end."""
+    mixed64.fusion, mixed64.score, mixed64.map_weighting = fusion, score, weighting
+    pred = mixed64.predict(torch.rand(2, 3, 64, 64))
+    assert pred.scores.shape == (2,) and torch.isfinite(pred.scores).all() and pred.maps.shape == (2, 64, 64)
