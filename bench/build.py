@@ -8,7 +8,7 @@ from bench.variants import Variant
 
 def build_detector(variant: Variant, weights: dict[str, str] | None = None) -> Detector:
     branches = [Branch(Teacher(variant.teacher, variant.layers, variant.teacher_init, weights),
-                       variant.student, variant.pooling)]
+                       variant.student, variant.pooling, variant.pool_stem)]
     if variant.teacher2:
         # The second teacher's deep, coarse layers are matched at their own resolution (§4.2: "without pooling").
         branches.append(Branch(Teacher(variant.teacher2, variant.layers2, variant.teacher2_init, weights),

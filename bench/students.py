@@ -58,7 +58,7 @@ def _conv_stages(teacher: Teacher) -> list[tuple[str, nn.Module]]:
     return stages
 
 
-def build_student(kind: str, teacher: Teacher, pooling: bool) -> Trunk:
+def build_student(kind: str, teacher: Teacher, pooling: bool, pool_stem: bool = False) -> Trunk:
     if kind == "copy":
         student = copy.deepcopy(teacher.trunk)
         for p in student.parameters():
@@ -74,21 +74,27 @@ def build_student(kind: str, teacher: Teacher, pooling: bool) -> Trunk:
     else:
         raise ValueError(f"unknown student {kind!r}; choose one of {STUDENT_KINDS}")
     if pooling:
-        stages = half_resolution(stages)
+        stages = half_resolution(stages, pool_stem)
     return Trunk(stages, teacher.layer_names).train()
 
 
 # Eq. 1, both sides in one place: with pooling, the student works at half the teacher's resolution
-# after the stem layer, and the teacher's features there are average-pooled to meet it.
-def half_resolution(stages: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+# after the stem layer (from the stem on, with pool_stem), and the teacher's features there are
+# average-pooled to meet it.
+def half_resolution(stages: list[tuple[str, nn.Module]], pool_stem: bool = False) -> list[tuple[str, nn.Module]]:
     """The student's side: a 2x max-pool at the entry of the second stage (the official code strides
-    layer1's first block instead: same output shape)."""
-    name, module = stages[1]
-    return [stages[0], (name, nn.Sequential(nn.MaxPool2d(2), module)), *stages[2:]]
+    layer1's first block instead: same output shape), or at the stem's exit when the stem is pooled too."""
+    out = list(stages)
+    at = 0 if pool_stem else 1
+    name, module = out[at]
+    out[at] = (name, nn.Sequential(module, nn.MaxPool2d(2)) if pool_stem else nn.Sequential(nn.MaxPool2d(2), module))
+    return out
 
 
-def pool_teacher_features(fts: list[torch.Tensor], names: list[str], stem: str) -> list[torch.Tensor]:
-    """The teacher's side (Eq. 1, AAP): every layer but the stride-2 stem, adaptive-average-pooled
-    to half its size, rounded up."""
-    return [f if name == stem else F.adaptive_avg_pool2d(f, (math.ceil(f.shape[-2] / 2), math.ceil(f.shape[-1] / 2)))
+def pool_teacher_features(fts: list[torch.Tensor], names: list[str], stem: str,
+                          pool_stem: bool = False) -> list[torch.Tensor]:
+    """The teacher's side (Eq. 1, AAP): every layer but the stride-2 stem (unless POOL_STEM),
+    adaptive-average-pooled to half its size, rounded up."""
+    return [f if name == stem and not pool_stem else
+            F.adaptive_avg_pool2d(f, (math.ceil(f.shape[-2] / 2), math.ceil(f.shape[-1] / 2)))
             for name, f in zip(names, fts)]

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from bench.build import build_detector
 from bench.data import to_unit_float
+from bench.detector import MAP_PATH
 from bench.env import check_device, git_revision, hardware, software
 from bench.errors import UsageError
 from bench.grids import Grid
@@ -89,7 +90,7 @@ class _Teachers(nn.Module):
         return [t(x) for t in self.teachers]
 
 
-def build_subjects(named: list[tuple[str, Variant]], map_paths=("lean",), peers: bool = True,
+def build_subjects(named: list[tuple[str, Variant]], peers: bool = True,
                    device: torch.device = torch.device("cpu"), backends=("eager",), threads: int | None = None,
                    image_size: int = 256, export_dir: Path | None = None) -> list[Subject]:
     subjects, seen = [], set()
@@ -102,17 +103,12 @@ def build_subjects(named: list[tuple[str, Variant]], map_paths=("lean",), peers:
             subjects.append(Subject(floor, "teacher", _Teachers(det)))
             if "onnxruntime" in backends:  # an exported detector's floor is its teachers exported alike
                 subjects.append(onnx_subject(subjects[-1], image_size, threads, export_dir))
-        for path in map_paths:
-            d = copy.deepcopy(det) if path != map_paths[0] else det
-            d.map_path = path
-            label = name if len(map_paths) == 1 else f"{name}@{path}"
-            key = (v.arch_key, d.effective_map_path)
-            if key in seen:  # same architecture, same cost: time it once (mixed has one map path)
-                continue
-            seen.add(key)
-            subjects.append(Subject(label, "detector", d, v, floor, d.effective_map_path))
-            if "onnxruntime" in backends:
-                subjects.append(onnx_subject(subjects[-1], image_size, threads, export_dir, f"{floor}[ort]"))
+        if v.arch_key in seen:  # same architecture, same cost: time it once
+            continue
+        seen.add(v.arch_key)
+        subjects.append(Subject(name, "detector", det, v, floor, MAP_PATH))
+        if "onnxruntime" in backends:
+            subjects.append(onnx_subject(subjects[-1], image_size, threads, export_dir, f"{floor}[ort]"))
     if peers:
         peer = _peer_stfpm(device)
         if peer is not None:
@@ -528,14 +524,14 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
                compile: bool = False, channels_last: bool = False, cuda_graphs: bool | None = None,
                peers: bool = True, iters: int | None = None, warmup: int | None = None,
                rounds: int = 7, threads: int | None = None, precision_mode: str = "cast",
-               map_paths=("lean",), backends=("eager",), results: str | Path = "results", image_size: int = 256,
+               backends=("eager",), results: str | Path = "results", image_size: int = 256,
                grid: str | None = None, overrides: dict | None = None) -> list[dict]:
     """Time registered variants (by name) and/or every distinct architecture of a grid file, with
     their teachers alone, in interleaved rounds; one record per (cell, subject), written per cell."""
     dev = torch.device(check_device(device))
     cuda = dev.type == "cuda"
     check_options(batch_sizes, precisions, scopes, iters, warmup, image_size, rounds, precision_mode,
-                  map_paths, threads, backends, cuda)
+                  threads, backends, cuda)
     if cuda:
         torch.backends.cudnn.benchmark = True
     else:
@@ -559,7 +555,7 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
 
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(results) / "timing" / f"{run_id}_{dev.type}"
-    subjects = build_subjects(named, tuple(map_paths), peers, dev, tuple(backends), threads or os.cpu_count(),
+    subjects = build_subjects(named, peers, dev, tuple(backends), threads or os.cpu_count(),
                               image_size, Path(results) / "cache" / "onnx")
     gmacs = {s.name: count_gmacs(s.model, image_size, dev) for s in subjects
              if s.role == "detector" and s.backend == "eager"}
@@ -605,9 +601,8 @@ def _write(out_dir: Path, rec: dict) -> None:
 
 
 def check_options(batch_sizes, precisions, scopes, iters, warmup, image_size, rounds=7, precision_mode="cast",
-                  map_paths=("lean",), threads=None, backends=("eager",), cuda: bool = False) -> None:
+                  threads=None, backends=("eager",), cuda: bool = False) -> None:
     """Every option checked before anything is built: a bad one is an error, never a record."""
-    from bench.detector import MAP_PATHS
     problems = []
     if batch_sizes is not None and (not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes)):
         problems.append(f"batch sizes must be whole numbers >= 1, got {list(batch_sizes)}")
@@ -627,9 +622,6 @@ def check_options(batch_sizes, precisions, scopes, iters, warmup, image_size, ro
         problems.append(f"rounds must be at least 2 (ratios and their intervals come from rounds), got {rounds!r}")
     if precision_mode not in PRECISION_MODES:
         problems.append(f"unknown precision mode {precision_mode!r}; choose one of {list(PRECISION_MODES)}")
-    bad = [m for m in map_paths or () if m not in MAP_PATHS]
-    if bad or not map_paths:
-        problems.append(f"unknown map paths {bad}; choose from {list(MAP_PATHS)}")
     bad = [b for b in backends or () if b not in BACKENDS]
     if bad or "eager" not in (backends or ()):
         problems.append(f"backends must include eager, from {list(BACKENDS)}; got {list(backends or ())}")

@@ -21,7 +21,7 @@ METHODS = ("reduced", "stpm", "mixed")
 EVAL_ONLY_FIELDS = ("fusion", "score", "blur_sigma", "map_weighting")
 # Fields added after records existed: at this value they are left out of the keys, so the keys (and
 # record file names) of every earlier variant stay what they were.
-LATER_FIELDS = {"map_weighting": "plain"}
+LATER_FIELDS = {"map_weighting": "plain", "pool_stem": False}
 # Every supported backbone family (timm ResNet- and EfficientNet-style) has layers 0..4 (timm's out_indices).
 N_LAYERS = 5
 # Both families downsample by 32; smaller inputs or other sizes leave the deepest level ragged.
@@ -47,11 +47,16 @@ class Variant:
     blur_sigma: float = 4.0
     image_size: int = 256
     map_weighting: str = "plain"                # Eq. 9-10: layers summed plainly, or each / (h*w) (official code)
+    pool_stem: bool = False                     # Eq. 1 on the stem layer too (the stem-cost ablation)
 
     def __post_init__(self):
         for name, value in coerce_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}).items():
             object.__setattr__(self, name, value)
+        if self.pool_stem and 0 not in self.layers:  # no stem layer to pool: the same detector, one key
+            object.__setattr__(self, "pool_stem", False)
         problems = []
+        if self.pool_stem and not self.pooling:
+            problems.append("pool_stem pools the stem layer as Eq. 1 pools the others: it needs pooling")
         if self.alpha < 0:
             problems.append(f"alpha {self.alpha:g} is negative (Eq. 8 weighs the second teacher's loss by it)")
         if self.blur_sigma < 0:
@@ -113,7 +118,8 @@ class Variant:
         return cls(**record.variant)
 
     def describe(self) -> str:
-        main = f"{self.teacher}{list(self.layers)}/{self.student}{'+AAP' if self.pooling else ''}"
+        main = (f"{self.teacher}{list(self.layers)}/{self.student}{'+AAP' if self.pooling else ''}"
+                f"{' stem pooled' if self.pool_stem else ''}")
         if self.teacher_init != "pretrained":
             main += f"({self.teacher_init})"
         if self.teacher2:

@@ -4,9 +4,11 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from bench.backbones import Teacher
+from bench.build import build_detector
 from bench.detector import (FUSIONS, MAP_WEIGHTINGS, SCORES, Branch, Detector, features_loss, features_map, fuse,
                             gaussian_blur, image_score, layer_distance)
 from bench.students import STUDENT_KINDS
+from bench.variants import create_variant
 
 # (backbone, layers, channels, strides) at 256 px
 TEACHERS = {
@@ -71,7 +73,7 @@ def test_loss_is_per_image():
     assert features_loss([ft], [fs]).tolist() == pytest.approx([0.0, 2.0])
 
 
-def test_area_weighting_divides_each_level_by_its_size_as_the_official_code():
+def test_area_weighting_divides_each_layer_by_its_size_as_the_official_code():
     ft = [torch.ones(1, 1, 1, 1), torch.ones(1, 1, 2, 2)]
     fs = [-torch.ones(1, 1, 1, 1), -torch.ones(1, 1, 2, 2)]          # distance 2 at every position
     m = features_map(ft, fs, (4, 4), weighting="area")
@@ -130,7 +132,7 @@ def test_mixed_detector_end_to_end_shapes(teachers):
     loss.sum().backward()
     assert all(p.grad is None for p in det.branches[0].teacher.parameters())
     pred = det.predict(x)
-    assert pred.maps.shape == (2, 64, 64) and pred.scores.shape == (2,) and set(pred.branch_maps) == {"main", "aux"}
+    assert pred.maps.shape == (2, 64, 64) and pred.scores.shape == (2,) and set(pred.layer_maps) == {"main", "aux"}
 
 
 def test_alpha_weights_the_second_teacher(teachers):
@@ -150,13 +152,21 @@ def test_map_weighting_reaches_the_detector(teachers):
     b = Branch(teachers["resnet18"], "conv", True)
     plain = Detector([b]).branch_maps(x)[0]
     area = Detector([b], map_weighting="area").branch_maps(x)[0]
-    assert not torch.allclose(plain, area) and area.max() < plain.max()
+    for p, a in zip(plain, area):   # each layer's map divided by its own area
+        assert torch.allclose(a, p / (p.shape[-2] * p.shape[-1]))
+
+
+def test_pooled_stem_layer_matches_teacher_and_student_at_half_resolution():
+    x = torch.rand(1, 3, 64, 64)
+    for pool_stem, stem_size in ((False, 32), (True, 16)):
+        b = build_detector(create_variant("reduced", teacher_init="random", pool_stem=pool_stem)).branches[0]
+        ft, fs = b.teacher_features(x), b.student_features(x)
+        assert [f.shape for f in ft] == [f.shape for f in fs]
+        assert ft[0].shape[-1] == stem_size and ft[1].shape[-1] == 8     # the other layers are unchanged
 
 
 @pytest.fixture(scope="module")
 def mixed64():
-    from bench.build import build_detector
-    from bench.variants import create_variant
     return build_detector(create_variant("mixed", teacher_init="random", teacher2_init="random", image_size=64)).eval()
 
 
