@@ -238,11 +238,11 @@ def timing(c, device="cpu", variants=None, batch_sizes=None, precisions=None, pr
                          scopes=_csv(scopes), compile=compile, channels_last=channels_last,
                          cuda_graphs=False if no_cuda_graphs else None, peers=peers, rounds=rounds,
                          iters=iters, warmup=warmup, threads=threads, backends=tuple(_csv(backends) or ("eager",)), results=results)
-    failed = [r for r in records if r.get("status") == "failed"]
+    failed = [r for r in records if r.status == "failed"]
     if failed:
         first = failed[0]
-        raise Exit(f"{len(failed)} of {len(records)} timing case(s) failed (recorded), e.g. {first['name']} "
-                   f"{first['scope']} b{first['batch_size']} {first['precision']}: {first.get('error')}",
+        raise Exit(f"{len(failed)} of {len(records)} timing case(s) failed (recorded), e.g. {first.name} "
+                   f"{first.scope} b{first.batch_size} {first.precision}: {first.error}",
                    code=FAILED_EXIT)
 
 

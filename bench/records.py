@@ -194,12 +194,14 @@ def timing_teachers(backbones) -> list[dict]:
     return [{"backbone": b, "kind": TIMING_TEACHER_KIND} for b in backbones if b]
 
 
-def _subject_backbones(rec: dict) -> list[str]:
-    if rec.get("variant"):
-        return [rec["variant"].get("teacher"), rec["variant"].get("teacher2")]
-    if str(rec.get("name", "")).startswith("teacher:"):  # "teacher:resnet18[..layer3]+efficientnet_b0[..]"
-        return [part.split("[")[0] for part in rec["name"][len("teacher:"):].split("+")]
-    return ["resnet18"] if rec.get("origin") == "anomalib" else []
+def subject_backbones(variant: dict | None, name: str, origin: str | None) -> list[str]:
+    """The teacher backbones of a timed subject: its variant's, a floor's (named
+    "teacher:resnet18[..layer3]+efficientnet_b0[..blocks.6]"), or anomalib STFPM's ResNet-18."""
+    if variant:
+        return [variant.get("teacher"), variant.get("teacher2")]
+    if name.startswith("teacher:"):
+        return [part.split("[")[0] for part in name[len("teacher:"):].split("+")]
+    return ["resnet18"] if origin == "anomalib" else []
 
 
 def upgrade_timing(raw: dict) -> dict:
@@ -209,7 +211,7 @@ def upgrade_timing(raw: dict) -> dict:
     rec = dict(raw)
     if rec.get("schema_version", 1) < 3:
         rec.setdefault("role", "peer" if rec.get("origin") == "anomalib" else "detector")
-        rec["teachers"] = timing_teachers(_subject_backbones(rec))
+        rec["teachers"] = timing_teachers(subject_backbones(rec.get("variant"), str(rec.get("name", "")), rec.get("origin")))
         rec.pop("round_images_per_s", None)
         rec["schema_version"] = 3
     return rec

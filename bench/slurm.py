@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import torch
+
 from bench.errors import GridError
 from bench.jobs import Job
 from bench.records import RunRecord, write
@@ -72,7 +74,6 @@ def _task(job: Job, results: str, device: str, weights: dict | None) -> str:
     """What one array task runs: the job (a group of one), plus the task's log files on a failed record."""
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus:  # without cgroups torch sees every core of the node, and tasks sharing it oversubscribe
-        import torch
         torch.set_num_threads(int(cpus))
     outcome = StudentGroup([job], results, device, weights, progress=False).run()[job.describe()]
     if outcome != "ok":

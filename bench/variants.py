@@ -12,6 +12,7 @@ import json
 import typing
 from dataclasses import dataclass
 
+from bench.backbones import timm  # timm behind the torchvision compatibility shim
 from bench.detector import FUSIONS, MAP_WEIGHTINGS, SCORES
 from bench.errors import UnknownNameError, VariantError
 from bench.students import STUDENT_KINDS
@@ -131,7 +132,6 @@ class Variant:
 
 
 def _is_backbone(name: str) -> bool:
-    from bench.backbones import timm  # timm behind the torchvision compatibility shim
     return isinstance(name, str) and bool(timm.is_model(name))
 
 

@@ -171,7 +171,7 @@ def test_bench_debug_shows_the_traceback(world, capsys, monkeypatch, tmp_path):
 
 
 def test_a_failed_timing_case_is_recorded_at_once_and_the_command_exits_1(capsys, monkeypatch, tmp_path):
-    from bench import timing
+    from bench import timing, timing_measure
     written = []
     real_write = timing._write
 
@@ -179,9 +179,9 @@ def test_a_failed_timing_case_is_recorded_at_once_and_the_command_exits_1(capsys
         raise RuntimeError("boom")
 
     def spy(out_dir, rec):
-        written.append(rec["status"])
+        written.append(rec.status)
         real_write(out_dir, rec)
-    monkeypatch.setattr(timing, "_prepare", boom)
+    monkeypatch.setattr(timing_measure, "_prepare", boom)
     monkeypatch.setattr(timing, "_write", spy)
     code, text = cli(["timing", "--variants", "reduced", "--batch-sizes", "1", "--scopes", "network", "--iters", "1",
                       "--warmup", "0", "--rounds", "2", "--no-peers", "--results", str(tmp_path)], capsys)
