@@ -215,3 +215,13 @@ def test_a_new_grid_file_gets_its_table_plot_and_summary_section_with_no_code(tm
 def test_every_shipped_grid_has_a_table(results, grid):
     t = report.ablation_table(report.load_runs(results), grid)
     assert len(t) and not t.columns.empty
+
+
+def test_a_run_matching_two_presets_of_a_grid_is_counted_once_under_its_own_teacher(tmp_path):
+    grid = tmp_path / "two.toml"
+    grid.write_text('variants = ["reduced", "reduced-lite0"]\n[axes]\npooling = [true, false]\n')
+    rng = np.random.default_rng(3)
+    for seed in (0, 1):
+        fake_record(tmp_path, "reduced-lite0", "kolektorsdd", "kolektorsdd", seed, rng)
+    t = report.ablation_table(report.load_runs(tmp_path), str(grid))
+    assert t.index.get_level_values("base").tolist() == ["reduced-lite0"]   # not once per preset

@@ -73,10 +73,18 @@ def runs_of_preset(df: pd.DataFrame, base: str, free: tuple[str, ...] = ()) -> p
 
 
 def runs_of_grid(df: pd.DataFrame, grid: Grid) -> pd.DataFrame:
-    """Runs of the grid's presets with its axes free, a `base` column naming the preset."""
-    frames = [runs_of_preset(df, base, tuple(grid.variant_axes)).assign(base=base) for base in grid.bases]
+    """Runs of the grid's presets with its axes free, a `base` column naming the preset. A run that
+    matches several presets (they differ only in teachers, as `reduced` and `reduced-lite0`) is
+    counted once, under the preset whose teacher it had, else the first."""
+    frames = [runs_of_preset(df, base, tuple(grid.variant_axes))
+              .assign(base=base, own_teacher=lambda f, b=base: f["v.teacher"] == PRESETS[b].teacher)
+              for base in grid.bases]
     frames = [f for f in frames if not f.empty]
-    return pd.concat(frames) if frames else pd.DataFrame()
+    if not frames:
+        return pd.DataFrame()
+    runs = pd.concat(frames).sort_values("own_teacher", ascending=False, kind="stable")
+    runs = runs[~runs.index.duplicated(keep="first")].drop(columns="own_teacher")
+    return runs.sort_index(kind="stable")
 
 
 def seed_summary(records: list[RunRecord], metrics=METRICS) -> pd.DataFrame:
