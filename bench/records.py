@@ -67,8 +67,9 @@ class _Record:
         return cls(**known, extra=extra, path=path)
 
     def to_dict(self) -> dict:
+        """As JSON wants it: the schema version first, then the fields in their order, then kept keys."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "path")}
-        return {**out, **self.extra}
+        return {"schema_version": out.pop("schema_version"), **out, **self.extra}
 
 
 @dataclass(kw_only=True)
