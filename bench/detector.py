@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,16 +64,23 @@ _OPERATORS: dict[tuple, torch.Tensor] = {}
 
 
 def _operator(key: tuple, build) -> torch.Tensor:
+    # built in numpy: an operator first needed while torch traces a model (ONNX export) must enter
+    # the graph as a constant, not as the float64 ops that built it
     if key not in _OPERATORS:
-        _OPERATORS[key] = build().to(dtype=key[-2], device=key[-1])
+        _OPERATORS[key] = torch.from_numpy(build()).to(dtype=key[-2], device=key[-1])
     return _OPERATORS[key]
 
 
 def resize_operator(n_out: int, n_in: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
     """(n_out, n_in): F.interpolate's bilinear resize (align_corners=False) along one axis."""
     def build():
-        impulses = torch.eye(n_in, dtype=torch.float64).unsqueeze(1)   # (n_in, 1, n_in): one per input pixel
-        return F.interpolate(impulses, size=n_out, mode="linear", align_corners=False).squeeze(1).T
+        src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        lo = np.floor(src).astype(int)
+        hi, frac = np.minimum(lo + 1, n_in - 1), src - lo
+        m = np.zeros((n_out, n_in))
+        np.add.at(m, (np.arange(n_out), lo), 1 - frac)
+        np.add.at(m, (np.arange(n_out), hi), frac)
+        return m
     return _operator(("resize", n_out, n_in, dtype, torch.device(device)), build)
 
 
@@ -81,14 +89,18 @@ def blur_operator(n: int, sigma: float, dtype=torch.float32, device="cpu") -> to
     (scipy's mode='mirror'); the identity when sigma is 0."""
     def build():
         if sigma <= 0:
-            return torch.eye(n, dtype=torch.float64)
+            return np.eye(n)
         radius = int(4 * sigma + 0.5)
         if radius >= n:
             raise ValueError(f"a blur of sigma {sigma:g} (radius {radius}) needs maps wider than {n} pixels")
-        x = torch.arange(-radius, radius + 1, dtype=torch.float64)
-        k = torch.exp(-0.5 * (x / sigma) ** 2)
-        impulses = F.pad(torch.eye(n, dtype=torch.float64).view(n, 1, 1, n), (radius, radius, 0, 0), mode="reflect")
-        return F.conv2d(impulses, (k / k.sum()).view(1, 1, 1, -1)).view(n, n).T
+        offsets = np.arange(-radius, radius + 1)
+        k = np.exp(-0.5 * (offsets / sigma) ** 2)
+        rows = np.arange(n)[:, None]
+        cols = np.abs(rows + offsets)                      # mirrored at 0 ...
+        cols = np.where(cols > n - 1, 2 * (n - 1) - cols, cols)   # ... and at n - 1
+        m = np.zeros((n, n))
+        np.add.at(m, (np.broadcast_to(rows, cols.shape), cols), np.broadcast_to(k / k.sum(), cols.shape))
+        return m
     return _operator(("blur", n, float(sigma), dtype, torch.device(device)), build)
 
 
