@@ -73,6 +73,8 @@ def _operator(key: tuple, build) -> torch.Tensor:
 
 def resize_operator(n_out: int, n_in: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
     """(n_out, n_in): F.interpolate's bilinear resize (align_corners=False) along one axis."""
+    n_out, n_in = int(n_out), int(n_in)   # shapes are tensors while torch traces
+
     def build():
         src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
         lo = np.floor(src).astype(int)
@@ -87,6 +89,8 @@ def resize_operator(n_out: int, n_in: int, dtype=torch.float32, device="cpu") ->
 def blur_operator(n: int, sigma: float, dtype=torch.float32, device="cpu") -> torch.Tensor:
     """(n, n): a 1-D Gaussian of radius round(4 sigma) (scipy's default truncate) with mirrored borders
     (scipy's mode='mirror'); the identity when sigma is 0."""
+    n = int(n)   # shapes are tensors while torch traces
+
     def build():
         if sigma <= 0:
             return np.eye(n)
