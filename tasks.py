@@ -161,36 +161,39 @@ def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, re
            slurm_partition=None, max_parallel=None, set=None, jobs_per_device=None, slurm_account=None,
            slurm_time=None, slurm_cpus=None, slurm_gpus=None, slurm_setup=None):
     """Expand a grid into jobs and run the ones without a record; exits 1 if any job failed."""
-    from bench import grid as grid_mod
+    from bench import report, runner
     from bench.env import check_device
+    from bench.grids import Grid, list_grids, parse_overrides, split_items
+    from bench.slurm import SlurmOptions
     from bench.store import check_results_folder
     if list or not grid:
-        for name, desc in grid_mod.list_grids():
+        for name, desc in list_grids():
             print(f"{name:10s} {desc}")
         return
     # every option checked before the grid expands (which may generate the demo data)
-    if executor not in grid_mod.EXECUTORS:
-        raise _usage(f"unknown executor {executor!r}: use {' or '.join(grid_mod.EXECUTORS)}")
+    if executor not in runner.EXECUTORS:
+        raise _usage(f"unknown executor {executor!r}: use {' or '.join(runner.EXECUTORS)}")
     device = check_device(device or "cpu")
     seeds = _csv(seeds, int, "--seeds", minimum=0)
     epochs = _int("--epochs", epochs, 1)
     jobs_per_device = _int("--jobs-per-device", jobs_per_device, 1) or 1
     max_parallel = _int("--max-parallel", max_parallel, 1) or 8
     weights = _weights(weights)
-    spec = grid_mod.load_grid(grid)
-    results = results or grid_mod.default_results(spec, _csv(data))
+    spec = Grid.load(grid)
+    results = results or spec.default_results(_csv(data))
     check_results_folder(results, create=not dry_run)
-    jobs = grid_mod.expand(spec, data=_csv(data), categories=_csv(categories), seeds=seeds, epochs=epochs,
-                           recipe=recipe, overrides=grid_mod.parse_overrides(grid_mod.split_items(set)))
+    jobs = spec.jobs(data=_csv(data), categories=_csv(categories), seeds=seeds, epochs=epochs, recipe=recipe,
+                     overrides=parse_overrides(split_items(set)))
     if dry_run:
-        grid_mod.print_plan(jobs, results)
+        runner.print_plan(jobs, results)
         return
-    outcomes = grid_mod.run_grid(jobs, results=results, device=device, executor=executor, force=force,
-                                 weights=weights, slurm_partition=slurm_partition, max_parallel=max_parallel,
-                                 jobs_per_device=jobs_per_device, slurm_account=slurm_account,
-                                 timeout_min=_int("--slurm-time", slurm_time, 1) or 240,
-                                 slurm_cpus=_int("--slurm-cpus", slurm_cpus, 1),
-                                 slurm_gpus=_int("--slurm-gpus", slurm_gpus, 0), slurm_setup=slurm_setup)
+    slurm = SlurmOptions(partition=slurm_partition, account=slurm_account,
+                         time_min=_int("--slurm-time", slurm_time, 1) or 240,
+                         cpus_per_task=_int("--slurm-cpus", slurm_cpus, 1), gpus=_int("--slurm-gpus", slurm_gpus, 0),
+                         setup=tuple(slurm_setup or ()), max_parallel=max_parallel)
+    outcomes = runner.run_grid(jobs, results=results, device=device, executor=executor, force=force,
+                               weights=weights, jobs_per_device=jobs_per_device, slurm=slurm)
+    report.print_jobs_summary(jobs, results)
     failed = sum(v != "ok" for v in outcomes.values())
     if failed:
         raise Exit(f"{failed} of {len(outcomes)} job(s) failed (listed above, recorded with their error; "
@@ -218,7 +221,7 @@ def timing(c, device="cpu", variants=None, batch_sizes=None, precisions=None, pr
            warmup=None, threads=None, backends="eager", results="results", grid=None, set=None):
     """Latency and throughput, subjects side by side in interleaved rounds; one record per case in
     results/timing/; exits 1 if any case failed."""
-    from bench.grid import parse_overrides, split_items
+    from bench.grids import parse_overrides, split_items
     from bench.store import check_results_folder
     from bench.timing import run_timing
     from bench.variants import PRESETS
@@ -235,18 +238,19 @@ def timing(c, device="cpu", variants=None, batch_sizes=None, precisions=None, pr
                          scopes=_csv(scopes), compile=compile, channels_last=channels_last,
                          cuda_graphs=False if no_cuda_graphs else None, peers=peers, rounds=rounds,
                          iters=iters, warmup=warmup, threads=threads, backends=tuple(_csv(backends) or ("eager",)), results=results)
-    failed = [r for r in records if r.get("status") == "failed"]
+    failed = [r for r in records if r.status == "failed"]
     if failed:
         first = failed[0]
-        raise Exit(f"{len(failed)} of {len(records)} timing case(s) failed (recorded), e.g. {first['name']} "
-                   f"{first['scope']} b{first['batch_size']} {first['precision']}: {first.get('error')}",
+        raise Exit(f"{len(failed)} of {len(records)} timing case(s) failed (recorded), e.g. {first.name} "
+                   f"{first.scope} b{first.batch_size} {first.precision}: {first.error}",
                    code=FAILED_EXIT)
 
 
 @task(help={"results": "results folder", "datasets": "comma-separated datasets to show (default: all)"})
 @_boundary
 def tables(c, results="results", datasets=""):
-    """Execute the notebooks (Tables 1-6, figures, overview) into results/rendered/ as .ipynb and .html."""
+    """Execute the notebooks (Tables 1-6, every grid, figures, overview) into one HTML page each under
+    results/rendered/, and write results/SUMMARY.md."""
     from pathlib import Path
 
     from bench.notebooks import render_all
@@ -259,7 +263,7 @@ def tables(c, results="results", datasets=""):
         raise _usage(f"--results {results}: no runs/ or timing/ folder of records there (nothing to render)")
     wanted = _csv(datasets) or []
     if wanted:
-        known = sorted({r.get("dataset") for r in load_runs(Path(results)) if r.get("dataset")})
+        known = sorted({r.dataset for r in load_runs(Path(results)) if r.dataset})
         unknown = [d for d in wanted if d not in known]
         if unknown:
             raise _usage(f"--datasets {unknown}: no run records of those datasets in {results}; "

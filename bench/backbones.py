@@ -1,8 +1,8 @@
 """Frozen teachers built through timm, their weights resolved the ecosystem's way, and the staged
 trunk that both teachers and students are cut into.
 
-Feature *levels* follow timm's `features_only` / `out_indices` numbering (level 0 is the stride-2
-stem feature): ResNet-18 levels 0..4 are act1, layer1..layer4; EfficientNet levels 0..4 are
+A teacher's *layers* are its feature outputs, numbered as timm's `features_only` / `out_indices`
+(layer 0 is the stride-2 stem): ResNet-18 layers 0..4 are act1, layer1..layer4; EfficientNet layers 0..4 are
 blocks.0, blocks.1, blocks.2, blocks.4, blocks.6. The official MixedTeacher code selects its
 EfficientNet-B0 layers as `out_indices=[3, 4]`, the paper's "blocks 5 and 6".
 """
@@ -255,49 +255,49 @@ def cut_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [("blocks.0", stem)] + [(f"blocks.{i}", b) for i, b in enumerate(model.blocks) if i > 0]
 
 
-def level_names(model: nn.Module) -> list[str]:
-    """timm's feature levels (out_indices order) as module names."""
+def timm_layer_names(model: nn.Module) -> list[str]:
+    """timm's feature outputs (out_indices order) as module names: layer i is the i-th."""
     return [info["module"] for info in model.feature_info]
 
 
 class Trunk(nn.Module):
-    """Runs stages in order and returns the outputs of the tapped ones (in tap order)."""
+    """Runs stages in order and returns the outputs of the named layers (in LAYER_NAMES order)."""
 
-    def __init__(self, stages: list[tuple[str, nn.Module]], taps: list[str]):
+    def __init__(self, stages: list[tuple[str, nn.Module]], layer_names: list[str]):
         super().__init__()
         names = [n for n, _ in stages]
-        unknown = [t for t in taps if t not in names]
+        unknown = [t for t in layer_names if t not in names]
         if unknown:
             raise ValueError(f"unknown layers {unknown}; this trunk has {names}")
-        last = max(names.index(t) for t in taps)
+        last = max(names.index(t) for t in layer_names)
         self.names = names[: last + 1]
         self.stages = nn.ModuleList(m for _, m in stages[: last + 1])
-        self.taps = list(taps)
+        self.layer_names = list(layer_names)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = {}
         for name, stage in zip(self.names, self.stages):
             x = stage(x)
-            if name in self.taps:
+            if name in self.layer_names:
                 out[name] = x
-        return [out[t] for t in self.taps]
+        return [out[t] for t in self.layer_names]
 
 
 class Teacher(nn.Module):
     """A frozen pretrained backbone in eval mode, with its own input normalisation."""
 
-    def __init__(self, backbone: str, levels: tuple[int, ...], init: str = "pretrained",
+    def __init__(self, backbone: str, layers: tuple[int, ...], init: str = "pretrained",
                  weights: dict[str, str] | None = None):
         super().__init__()
         self.backbone = backbone
         self.source = resolve_weights(backbone, init, weights)
         model = _load_pretrained(backbone, self.source)
-        names = level_names(model)
-        bad = [lv for lv in levels if not 0 <= lv < len(names)]
+        names = timm_layer_names(model)
+        bad = [i for i in layers if not 0 <= i < len(names)]
         if bad:
-            raise ValueError(f"{backbone}: levels {bad} out of range 0..{len(names) - 1} ({names})")
-        self.taps = [names[lv] for lv in levels]
-        self.trunk = Trunk(cut_stages(model), self.taps)
+            raise ValueError(f"{backbone}: layers {bad} out of range 0..{len(names) - 1} ({names})")
+        self.layer_names = [names[i] for i in layers]
+        self.trunk = Trunk(cut_stages(model), self.layer_names)
         cfg = model.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1))

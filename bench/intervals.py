@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bench.records import TimingRecord
+
 # (numerator, denominator) by subject name before any '@map-path' suffix
 PAIRS = (("reduced", "stpm"), ("reduced", "anomalib-stfpm"), ("stpm", "anomalib-stfpm"), ("mixed", "reduced"),
          # anomalib's inference as its users run it (TorchInferencer: pre-processor, model, post-processor)
@@ -29,10 +31,11 @@ def bootstrap_median(values, n_boot: int = 10_000, level: float = 0.95, seed: in
     return float(np.median(v)), float(lo), float(hi)
 
 
-def per_round_ratio(a: dict, b: dict) -> np.ndarray:
+def per_round_ratio(a: TimingRecord, b: TimingRecord) -> np.ndarray:
     """Throughput of A over B in each round both ran (records of one cell of one run)."""
-    n = min(len(a["round_images_per_s"]), len(b["round_images_per_s"]))
-    return np.asarray(a["round_images_per_s"][:n]) / np.asarray(b["round_images_per_s"][:n])
+    ra, rb = a.round_images_per_s, b.round_images_per_s
+    n = min(len(ra), len(rb))
+    return np.asarray(ra[:n]) / np.asarray(rb[:n])
 
 
 def fmt_interval(m: float, lo: float, hi: float, digits: int = 2) -> str:
@@ -48,31 +51,31 @@ def _parts(name: str) -> tuple[str, str | None, str]:
     return base, path or None, backend
 
 
-def _with_rounds(records):
-    return [r for r in records if r.get("status") == "ok" and r.get("round_images_per_s")]
+def _with_rounds(records: list[TimingRecord]) -> list[TimingRecord]:
+    return [r for r in records if r.ok and r.rounds]
 
 
-def run_ratios(records: list[dict]) -> pd.DataFrame:
+def run_ratios(records: list[TimingRecord]) -> pd.DataFrame:
     """Every named pair and every detector's fraction of floor (detector / its teachers alone), per
     cell of each run: median over rounds [95 % interval]."""
     rows = []
     cells: dict[tuple, dict] = {}
     for r in _with_rounds(records):
-        cells.setdefault(tuple(r[k] for k in CELL_KEYS), {})[r["name"]] = r
+        cells.setdefault(r.cell, {})[r.name] = r
     for key, subjects in cells.items():
         head = dict(zip(CELL_KEYS, key))
         for a in subjects.values():
-            pa = _parts(a["name"])
+            pa = _parts(a.name)
             for b in subjects.values():
-                pb = _parts(b["name"])
-                peer = "peer" in (a.get("role"), b.get("role"))
+                pb = _parts(b.name)
+                peer = "peer" in (a.role, b.role)
                 like = peer or pa[1:] == pb[1:]       # same map path and backend, or against a peer
                 if ((pa[0], pb[0]) in PAIRS and like) or (pa[2] == "ort" and pb[2] == "eager" and pa[:2] == pb[:2]):
-                    rows.append({**head, "ratio": f"{a['name']} / {b['name']}",
+                    rows.append({**head, "ratio": f"{a.name} / {b.name}",
                                  **_summary(per_round_ratio(a, b))})
-            if a.get("role") == "detector" and a.get("floor") in subjects:
-                rows.append({**head, "ratio": f"{a['name']} / floor",
-                             **_summary(per_round_ratio(a, subjects[a["floor"]]))})
+            if a.role == "detector" and a.floor in subjects:
+                rows.append({**head, "ratio": f"{a.name} / floor",
+                             **_summary(per_round_ratio(a, subjects[a.floor]))})
     return pd.DataFrame(rows)
 
 
@@ -81,29 +84,28 @@ def _summary(values) -> dict:
     return {"median": m, "low": lo, "high": hi, "rounds": len(values), "value": fmt_interval(m, lo, hi)}
 
 
-def map_cost(records: list[dict]) -> pd.DataFrame:
+def map_cost(records: list[TimingRecord]) -> pd.DataFrame:
     """What the anomaly map costs each detector: `map` minus `network` latency per image, per round
     of one run (both scopes are timed in separate cells of the same run), median [95 % interval]."""
     by = {}
     for r in _with_rounds(records):
-        if r.get("role") == "detector" and r["scope"] in ("network", "map"):
-            key = (r["run_id"], r["name"], r["batch_size"], r["precision"], r["channels_last"], r["compile"],
-                   r["cuda_graphs"])
-            by.setdefault(key, {})[r["scope"]] = r
+        if r.role == "detector" and r.scope in ("network", "map"):
+            key = (r.run_id, r.name, r.batch_size, r.precision, r.channels_last, r.compile, r.cuda_graphs)
+            by.setdefault(key, {})[r.scope] = r
     rows = []
     for key, pair in by.items():
         if len(pair) == 2:
             bs = key[2]
-            n = min(len(pair["map"]["rounds"]), len(pair["network"]["rounds"]))
-            diff = [(pair["map"]["rounds"][i]["median_ms"] - pair["network"]["rounds"][i]["median_ms"]) / bs * 1e3
+            n = min(len(pair["map"].rounds), len(pair["network"].rounds))
+            diff = [(pair["map"].rounds[i]["median_ms"] - pair["network"].rounds[i]["median_ms"]) / bs * 1e3
                     for i in range(n)]
             m, lo, hi = bootstrap_median(diff)
             rows.append({"run_id": key[0], "subject": key[1], "batch_size": bs, "precision": key[3],
                          "options": _options(pair["map"]), "map - network (us/image)": fmt_interval(m, lo, hi, 0),
-                         "map share of map scope": f"{m / (pair['map']['median_ms'] / bs * 1e3):.0%}"})
+                         "map share of map scope": f"{m / (pair['map'].median_ms / bs * 1e3):.0%}"})
     return pd.DataFrame(rows)
 
 
-def _options(r: dict) -> str:
-    return "+".join(n for n, on in (("channels_last", r["channels_last"]), ("compile", r["compile"]),
-                                    ("graphs", r["cuda_graphs"])) if on) or "plain"
+def _options(r: TimingRecord) -> str:
+    return "+".join(n for n, on in (("channels_last", r.channels_last), ("compile", r.compile),
+                                    ("graphs", r.cuda_graphs)) if on) or "plain"

@@ -1,4 +1,5 @@
-"""One job, end to end: data -> detector -> train (or reuse the trained student) -> evaluate -> record."""
+"""Jobs that share one trained student, end to end: data -> detector -> train once (or load the
+checkpoint) -> each job's evaluation -> one run record per job."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,89 +15,40 @@ import torch
 
 from bench import data as data_mod
 from bench.build import build_detector, teacher_sources
+from bench.data_entries import data_ref
 from bench.detector import MAP_PATH, upsample_sum
 from bench.env import git_revision, hardware, software
 from bench.evaluate import branch_maps, score_and_measure
+from bench.jobs import Job
 from bench.metrics import METRIC_SETTINGS
-from bench.store import write_json_atomic
+from bench.records import RunRecord, jsonable, write
 from bench.train import fit, get_recipe, seed_everything
-from bench.variants import Variant
 
-SCHEMA_VERSION = 1
 N_EXAMPLES = 4          # test images whose maps are kept beside the record (seed 0 only)
 EXAMPLE_SIZE = 128
 
 
-@dataclass(frozen=True)
-class Job:
-    variant_name: str
-    variant: Variant
-    data: str
-    category: str
-    seed: int = 0
-    recipe: str = "quick"
-    epochs: int | None = None        # None: the recipe's epochs for this method
-    dataset: str | None = None       # None: the data folder's name
-
-    @property
-    def n_epochs(self) -> int:
-        return self.epochs if self.epochs is not None else get_recipe(self.recipe).epochs_for(self.variant.method)
-
-    @property
-    def student_key(self) -> tuple:
-        """Jobs with equal keys train the same student (they differ only in evaluation fields)."""
-        return (self.variant.train_key, str(Path(self.data).resolve()), self.category, self.seed, self.recipe,
-                self.n_epochs)
-
-    @property
-    def dataset_name(self) -> str:
-        return self.dataset or Path(self.data).resolve().name
-
-    @property
-    def stem(self) -> str:
-        return f"{self.variant.method}-{self.variant.key}_{self.recipe}-{self.n_epochs}ep_seed{self.seed}"
-
-    def record_path(self, results: str | Path) -> Path:
-        return Path(results) / "runs" / self.dataset_name / self.category / f"{self.stem}.json"
-
-    def checkpoint_path(self, results: str | Path) -> Path:
-        return (Path(results) / "checkpoints" / self.dataset_name / self.category /
-                f"{self.variant.train_key}_{self.recipe}-{self.n_epochs}ep_seed{self.seed}.pt")
-
-    def describe(self) -> str:
-        return (f"{self.variant_name} [{self.variant.key}] {self.dataset_name}/{self.category} "
-                f"seed {self.seed} {self.recipe} {self.n_epochs}ep")
+def job_record(job: Job, device: str, status: str = "ok") -> RunRecord:
+    """What a record says of its job before anything runs: variant, data, recipe, grid, environment."""
+    root, folder = data_ref(job.data, job.entry)
+    return RunRecord(
+        status=status, method=job.variant.method, variant_name=job.variant_name, variant_key=job.variant.key,
+        train_key=job.variant.train_key, variant=jsonable(job.variant.fields()),
+        grid={"name": job.grid, "axes": {k: jsonable(v) for k, v in job.axes}} if job.grid else None,
+        dataset=job.dataset_name, category=job.category, data_root=root, data_path=folder, seed=job.seed,
+        recipe=job.recipe, epochs=job.n_epochs,
+        recipe_fields={k: v for k, v in dataclasses.asdict(get_recipe(job.recipe)).items() if k != "name"},
+        env={**hardware(device), "software": software(), "git_revision": git_revision()})
 
 
-def _base_record(job: Job, device: str) -> dict:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "method": job.variant.method,
-        "variant_name": job.variant_name,
-        "variant_key": job.variant.key,
-        "train_key": job.variant.train_key,
-        "variant": job.variant.fields(),
-        "dataset": job.dataset_name,
-        "category": job.category,
-        "data_root": str(Path(job.data).resolve()),
-        "seed": job.seed,
-        "recipe": job.recipe,
-        "recipe_fields": {k: v for k, v in dataclasses.asdict(get_recipe(job.recipe)).items() if k != "name"},
-        "epochs": job.n_epochs,
-        "software": software(),
-        "hardware": hardware(device),
-        "git_revision": git_revision(),
-    }
-
-
-def _train_or_reuse(job: Job, detector, split, images, device, results, progress) -> dict:
-    """Variants that differ only in evaluation (score, fusion, blur) reuse one trained student."""
+def _train_or_load(job: Job, detector, split, images, device, results, progress) -> dict:
+    """The group's student: loaded from its checkpoint where one exists, else trained and saved."""
     ckpt = job.checkpoint_path(results)
     if ckpt.is_file():
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
         for b, state in zip(detector.branches, saved["students"]):
             b.student.load_state_dict(state)
-        return {**saved["summary"], "reused_checkpoint": True}
+        return {**saved["summary"], "student": "checkpoint", "reused_checkpoint": True}
     recipe = get_recipe(job.recipe)
     train_idx, val_idx = data_mod.train_val_indices(len(split.train), job.seed, recipe.val_fraction)
     if recipe.max_train_images and len(train_idx) > recipe.max_train_images:
@@ -108,7 +60,7 @@ def _train_or_reuse(job: Job, detector, split, images, device, results, progress
     tmp = ckpt.with_suffix(".tmp")
     torch.save({"students": [b.student.state_dict() for b in detector.branches], "summary": summary}, tmp)
     tmp.replace(ckpt)
-    return {**summary, "reused_checkpoint": False}
+    return {**summary, "student": "trained", "reused_checkpoint": False}
 
 
 def _examples(job: Job, split, test_images, masks, ev, path: Path) -> str | None:
@@ -128,8 +80,8 @@ def _examples(job: Job, split, test_images, masks, ev, path: Path) -> str | None
         "score": ev.scores[pick], "label": labels[pick],
         "name": np.array([f"{split.test[i].defect}/{split.test[i].path.name}" for i in pick]),
     }
-    for name, levels in ev.levels.items():   # each branch's Eq. 9-10 map before fusion and blur
-        arrays[f"map_{name}"] = upsample_sum([lv[pick] for lv in levels], (EXAMPLE_SIZE,) * 2).half().numpy()
+    for name, maps in ev.layer_maps.items():   # each branch's Eq. 9-10 map before fusion and blur
+        arrays[f"map_{name}"] = upsample_sum([d[pick] for d in maps], (EXAMPLE_SIZE,) * 2).half().numpy()
     out = path.with_suffix(".npz")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
@@ -138,61 +90,104 @@ def _examples(job: Job, split, test_images, masks, ev, path: Path) -> str | None
     return out.name
 
 
-# The last job's test set and branch maps. A following job that differs only in evaluation fields
-# (the readings grid's score and fusion axes, which the grid runs back to back) reuses them instead
-# of reloading the data and running the networks again.
-_LAST: dict = {}
+@dataclass
+class _TestSet:
+    split: data_mod.Split
+    images: torch.Tensor        # uint8, at the variant's image size
+    masks: np.ndarray
+    labels: np.ndarray
+
+
+class StudentGroup:
+    """Jobs that share one trained student (they differ only in evaluation fields: score, fusion,
+    blur, map weighting). The student is trained once, or loaded from its checkpoint; each branch
+    map set is computed once per map weighting; then every job is scored and recorded. A record's
+    `train.student` says truthfully where its student came from: `trained` (by this job),
+    `sibling` (trained in this group for an earlier job), or `checkpoint` (read from disk)."""
+
+    def __init__(self, jobs: list[Job], results: str | Path = "results", device: str = "cpu",
+                 weights: dict[str, str] | None = None, progress: bool = True):
+        if len({j.student_key for j in jobs}) != 1:
+            raise ValueError("a student group's jobs must share one student (Job.student_key)")
+        self.jobs, self.results, self.device = jobs, Path(results), device
+        self.weights, self.progress = weights, progress
+        self._trained = None      # (detector whose students are trained, training summary)
+        self._maps: dict[str, list[torch.Tensor]] = {}
+
+    def _student(self, test: _TestSet):
+        if self._trained is None:
+            job = self.jobs[0]
+            seed_everything(job.seed)  # the students' initial weights belong to the run's seed
+            detector = build_detector(job.variant, self.weights)
+            train_images = data_mod.load_images(test.split.train, job.variant.image_size)
+            summary = _train_or_load(job, detector, test.split, train_images, self.device, self.results,
+                                     self.progress)
+            self._trained = (detector, summary)
+            return self._trained
+        detector, summary = self._trained
+        return detector, summary if summary["student"] == "checkpoint" else {**summary, "student": "sibling"}
+
+    def _test_set(self) -> _TestSet:
+        job = self.jobs[0]
+        split = data_mod.load_split(job.data, job.category)
+        size = job.variant.image_size
+        return _TestSet(split, data_mod.load_images(split.test, size), data_mod.load_masks(split.test, size).numpy(),
+                        np.array([s.label for s in split.test]))
+
+    def run_one(self, job: Job, test: _TestSet) -> RunRecord:
+        started = datetime.now(timezone.utc)
+        t0 = time.perf_counter()
+        trained, summary = self._student(test)
+        detector = build_detector(job.variant, self.weights)
+        for b, src in zip(detector.branches, trained.branches):
+            b.student.load_state_dict(src.student.state_dict())
+        weighting = job.variant.map_weighting   # branch maps depend on the student and on it alone
+        if weighting not in self._maps:
+            self._maps[weighting] = branch_maps(detector, test.images, self.device)
+        ev = score_and_measure(detector, self._maps[weighting], test.labels, test.masks)
+        path = job.record_path(self.results)
+        record = dataclasses.replace(
+            job_record(job, self.device), metrics=ev.metrics, metric_settings=METRIC_SETTINGS,
+            map_path=MAP_PATH, train=summary, teachers=teacher_sources(detector),
+            layout=test.split.layout, n_test=len(test.split.test), n_test_defective=int(test.labels.sum()),
+            test={"labels": test.labels.tolist(), "scores": ev.scores.tolist(),
+                  "defect": [s.defect for s in test.split.test]},
+            examples=_examples(job, test.split, test.images, test.masks, ev, path),
+            started=started.isoformat(timespec="seconds"), wall_s=round(time.perf_counter() - t0, 2))
+        write(record, path)
+        return record
+
+    def run(self) -> dict[str, str]:
+        """Every job of the group; a job that fails is recorded as failed with its error (and, when
+        the data or the student failed, so is every job of the group). -> job: "ok" or "failed: ..."."""
+        outcomes = {}
+        try:
+            test = self._test_set()
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure becomes a failed record
+            return {j.describe(): write_failure(j, err, self.results, self.device) for j in self.jobs}
+        for job in self.jobs:
+            try:
+                self.run_one(job, test)
+                outcomes[job.describe()] = "ok"
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # noqa: BLE001
+                outcomes[job.describe()] = write_failure(job, err, self.results, self.device)
+        return outcomes
 
 
 def run_job(job: Job, results: str | Path = "results", device: str = "cpu",
-            weights: dict[str, str] | None = None, progress: bool = True) -> dict:
-    """Train and evaluate one job and write its record; returns the record. Raises on failure."""
-    started = datetime.now(timezone.utc)
-    t0 = time.perf_counter()
-    record = _base_record(job, device)
-    seed_everything(job.seed)  # the students' initial weights belong to the run's seed
-    detector = build_detector(job.variant, weights)
-    # branch maps depend on the trained student and on how they weigh the levels
-    key = (job.student_key, job.variant.map_weighting, str(Path(results).resolve()))
-    if _LAST.get("key") != key:
-        _LAST.clear()
-        split = data_mod.load_split(job.data, job.category)
-        size = job.variant.image_size
-        train_images = data_mod.load_images(split.train, size)
-        test_images = data_mod.load_images(split.test, size)
-        masks = data_mod.load_masks(split.test, size).numpy()
-        train = _train_or_reuse(job, detector, split, train_images, device, results, progress)
-        del train_images
-        parts = branch_maps(detector, test_images, device)
-        _LAST.update(key=key, split=split, test_images=test_images, masks=masks, train=train, parts=parts,
-                     labels=np.array([s.label for s in split.test]))
-    else:
-        _LAST["train"] = {**_LAST["train"], "reused_checkpoint": True}
-    split, labels, masks = _LAST["split"], _LAST["labels"], _LAST["masks"]
-    ev = score_and_measure(detector, _LAST["parts"], labels, masks)
-    path = job.record_path(results)
-    record.update({
-        "status": "ok",
-        "metrics": ev.metrics,
-        "metric_settings": METRIC_SETTINGS,
-        "map_path": MAP_PATH,   # absent in older records: they were `exact` too
-        "train": _LAST["train"],
-        "teachers": teacher_sources(detector),
-        "layout": split.layout,
-        "n_test": len(split.test), "n_test_defective": int(labels.sum()),
-        "test": {"labels": labels.tolist(), "scores": ev.scores.tolist(),
-                 "defect": [s.defect for s in split.test]},
-        "examples": _examples(job, split, _LAST["test_images"], masks, ev, path),
-        "started": started.isoformat(timespec="seconds"),
-        "wall_s": round(time.perf_counter() - t0, 2),
-    })
-    write_json_atomic(path, record)
-    return record
+            weights: dict[str, str] | None = None, progress: bool = True) -> RunRecord:
+    """Train (or load) and evaluate one job and write its record; returns the record. Raises on failure."""
+    group = StudentGroup([job], results, device, weights, progress)
+    return group.run_one(job, group._test_set())
 
 
-def write_failure(job: Job, err: BaseException, results: str | Path = "results", device: str = "cpu") -> dict:
-    record = _base_record(job, device)
-    record.update({"status": "failed", "error": f"{type(err).__name__}: {err}",
-                   "traceback": traceback.format_exc(limit=-6)})
-    write_json_atomic(job.record_path(results), record)
-    return record
+def write_failure(job: Job, err: BaseException, results: str | Path = "results", device: str = "cpu") -> str:
+    """Record JOB as failed with ERR; returns the outcome line."""
+    record = dataclasses.replace(job_record(job, device, status="failed"), error=f"{type(err).__name__}: {err}",
+                                 traceback=traceback.format_exc(limit=-6))
+    write(record, job.record_path(results))
+    return f"failed: {record.error}"

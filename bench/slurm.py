@@ -7,13 +7,18 @@ one-node slurmctld + slurmd in tests/test_slurm.py.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import time
 from pathlib import Path
 
-from bench.run import Job
-from bench.store import write_json_atomic
+import torch
+
+from bench.errors import GridError
+from bench.jobs import Job
+from bench.records import RunRecord, write
+from bench.run import StudentGroup, job_record
 
 # A source checkout (not an installed wheel): the tasks must import this very code.
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +38,10 @@ class SlurmOptions:
 
 
 def run_array(jobs: list[Job], results: str, device: str, weights: dict | None, opts: SlurmOptions) -> dict:
-    import submitit
+    try:
+        import submitit  # the `cluster` extra: only this executor needs it
+    except ImportError as err:
+        raise GridError("the slurm executor needs submitit: pip install 'bench[cluster]'") from err
     if not jobs:
         return {}
     results = str(Path(results).resolve())  # tasks may start elsewhere than here
@@ -63,13 +71,11 @@ def _environment_lines() -> list[str]:
 
 
 def _task(job: Job, results: str, device: str, weights: dict | None) -> str:
-    """What one array task runs: the grid's run_one, plus the task's log files on a failed record."""
-    from bench.grid import run_one  # here, not at the top: bench.grid imports this module
+    """What one array task runs: the job (a group of one), plus the task's log files on a failed record."""
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus:  # without cgroups torch sees every core of the node, and tasks sharing it oversubscribe
-        import torch
         torch.set_num_threads(int(cpus))
-    outcome = run_one(job, results, device, weights)
+    outcome = StudentGroup([job], results, device, weights, progress=False).run()[job.describe()]
     if outcome != "ok":
         import submitit
         env = submitit.JobEnvironment()
@@ -82,20 +88,17 @@ def note_failure(job: Job, results: str, device: str, slurm: dict, error: str | 
     """Add the SLURM task and its logs to the failed record the task just wrote; with an error, the
     task itself could not record it (time limit, scancel, node failure): a failed record of its own,
     unless this very task recorded its failure before it was killed. An ok record is never touched."""
-    import json
     path = job.record_path(results)
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+        record = RunRecord.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
         record = None
-    if record is not None and (record.get("status") == "ok" or
-                               (error and record.get("slurm", {}).get("job_id") == slurm["job_id"])):
+    if record is not None and (record.ok or (error and (record.slurm or {}).get("job_id") == slurm["job_id"])):
         return
     if record is None or error:  # an older attempt's failed record says nothing about this one
-        from bench.run import _base_record
-        record = {**_base_record(job, device), "status": "failed", "error": error or "no record written"}
-    record["slurm"] = slurm
-    write_json_atomic(path, record)
+        record = dataclasses.replace(job_record(job, device, status="failed"), error=error or "no record written")
+    record.slurm = slurm
+    write(record, path)
 
 
 # A task that left the queue may still be writing its result file, or the shared file system may

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.errors import UsageError
+
 
 def check_results_folder(folder: str | Path, create: bool = True) -> Path:
     """FOLDER as a results folder we can write to (made if absent and CREATE), else UsageError: found
     before the first job, not as a traceback from its first record."""
-    from bench.errors import UsageError
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--results {folder}: is a file, not a folder")

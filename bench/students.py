@@ -2,7 +2,7 @@
 
 - `full`    the STPM student: the teacher's architecture, random init.
 - `reduced` §3.2 / Fig. 1: one block per stage (the first, which carries the stage's stride and
-            channel change); with pooling, features after the stem level come out at half the
+            channel change); with pooling, features after the stem layer come out at half the
             teacher's resolution (an extra 2x max-pool at the entry of the second stage; the official
             code strides layer1's first block instead, same output shape). Works for every family
             `backbones.family_of` knows, so "reduced" applies to EfficientNet teachers too.
@@ -16,8 +16,10 @@ so the c_l/2 of §3.2's shape statement cannot hold for the compared features.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench.backbones import Teacher, Trunk, cut_stages, family_of, timm
@@ -71,8 +73,28 @@ def build_student(kind: str, teacher: Teacher, pooling: bool, pool_stem: bool = 
         stages = cut_stages(model)
     else:
         raise ValueError(f"unknown student {kind!r}; choose one of {STUDENT_KINDS}")
-    if pooling:  # the 2x max-pool at the stem's exit when the stem level is pooled too, else at stage 2's entry
-        at = 0 if pool_stem else 1
-        name, module = stages[at]
-        stages[at] = (name, nn.Sequential(module, nn.MaxPool2d(2)) if pool_stem else nn.Sequential(nn.MaxPool2d(2), module))
-    return Trunk(stages, teacher.taps).train()
+    if pooling:
+        stages = half_resolution(stages, pool_stem)
+    return Trunk(stages, teacher.layer_names).train()
+
+
+# Eq. 1, both sides in one place: with pooling, the student works at half the teacher's resolution
+# after the stem layer (from the stem on, with pool_stem), and the teacher's features there are
+# average-pooled to meet it.
+def half_resolution(stages: list[tuple[str, nn.Module]], pool_stem: bool = False) -> list[tuple[str, nn.Module]]:
+    """The student's side: a 2x max-pool at the entry of the second stage (the official code strides
+    layer1's first block instead: same output shape), or at the stem's exit when the stem is pooled too."""
+    out = list(stages)
+    at = 0 if pool_stem else 1
+    name, module = out[at]
+    out[at] = (name, nn.Sequential(module, nn.MaxPool2d(2)) if pool_stem else nn.Sequential(nn.MaxPool2d(2), module))
+    return out
+
+
+def pool_teacher_features(fts: list[torch.Tensor], names: list[str], stem: str,
+                          pool_stem: bool = False) -> list[torch.Tensor]:
+    """The teacher's side (Eq. 1, AAP): every layer but the stride-2 stem (unless POOL_STEM),
+    adaptive-average-pooled to half its size, rounded up."""
+    return [f if name == stem and not pool_stem else
+            F.adaptive_avg_pool2d(f, (math.ceil(f.shape[-2] / 2), math.ceil(f.shape[-1] / 2)))
+            for name, f in zip(names, fts)]

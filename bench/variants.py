@@ -12,6 +12,7 @@ import json
 import typing
 from dataclasses import dataclass
 
+from bench.backbones import timm  # timm behind the torchvision compatibility shim
 from bench.detector import FUSIONS, MAP_WEIGHTINGS, SCORES
 from bench.errors import UnknownNameError, VariantError
 from bench.students import STUDENT_KINDS
@@ -22,8 +23,8 @@ EVAL_ONLY_FIELDS = ("fusion", "score", "blur_sigma", "map_weighting")
 # Fields added after records existed: at this value they are left out of the keys, so the keys (and
 # record file names) of every earlier variant stay what they were.
 LATER_FIELDS = {"map_weighting": "plain", "pool_stem": False}
-# Every supported backbone family (timm ResNet- and EfficientNet-style) has feature levels 0..4.
-N_LEVELS = 5
+# Every supported backbone family (timm ResNet- and EfficientNet-style) has layers 0..4 (timm's out_indices).
+N_LAYERS = 5
 # Both families downsample by 32; smaller inputs or other sizes leave the deepest level ragged.
 STRIDE = 32
 INITS = ("pretrained", "random")
@@ -33,7 +34,7 @@ INITS = ("pretrained", "random")
 class Variant:
     method: str
     teacher: str = "resnet18"
-    layers: tuple[int, ...] = (0, 1, 2, 3)     # timm feature levels (out_indices)
+    layers: tuple[int, ...] = (0, 1, 2, 3)     # teacher layers, timm's out_indices (0 = stem)
     student: str = "reduced"
     pooling: bool = True
     teacher_init: str = "pretrained"
@@ -46,17 +47,17 @@ class Variant:
     score: str = "sum"                          # Eq. 12 (sum) or max
     blur_sigma: float = 4.0
     image_size: int = 256
-    map_weighting: str = "plain"                # Eq. 9-10: levels summed plainly, or each / (h*w) (official code)
-    pool_stem: bool = False                     # Eq. 1 on the stem level too (the stem-cost ablation)
+    map_weighting: str = "plain"                # Eq. 9-10: layers summed plainly, or each / (h*w) (official code)
+    pool_stem: bool = False                     # Eq. 1 on the stem layer too (the stem-cost ablation)
 
     def __post_init__(self):
         for name, value in coerce_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}).items():
             object.__setattr__(self, name, value)
-        if self.pool_stem and 0 not in self.layers:  # no stem level to pool: the same detector, one key
+        if self.pool_stem and 0 not in self.layers:  # no stem layer to pool: the same detector, one key
             object.__setattr__(self, "pool_stem", False)
         problems = []
         if self.pool_stem and not self.pooling:
-            problems.append("pool_stem pools the stem level as Eq. 1 pools the others: it needs pooling")
+            problems.append("pool_stem pools the stem layer as Eq. 1 pools the others: it needs pooling")
         if self.alpha < 0:
             problems.append(f"alpha {self.alpha:g} is negative (Eq. 8 weighs the second teacher's loss by it)")
         if self.blur_sigma < 0:
@@ -64,9 +65,9 @@ class Variant:
         if self.image_size <= 0 or self.image_size % STRIDE:
             problems.append(f"image_size {self.image_size} must be a positive multiple of {STRIDE} (the networks' stride)")
         for name in ("layers", "layers2"):
-            bad = [lv for lv in getattr(self, name) if not 0 <= lv < N_LEVELS]
+            bad = [i for i in getattr(self, name) if not 0 <= i < N_LAYERS]
             if bad:
-                problems.append(f"{name} {bad} out of range: feature levels are 0..{N_LEVELS - 1}")
+                problems.append(f"{name} {bad} out of range: layers are 0..{N_LAYERS - 1} (timm's out_indices)")
         for name in ("teacher_init", "teacher2_init"):
             if getattr(self, name) not in INITS:
                 problems.append(f"{name} {getattr(self, name)!r} not in {INITS}")
@@ -112,6 +113,11 @@ class Variant:
         skip = (*EVAL_ONLY_FIELDS, "teacher_init", "teacher2_init", "alpha")
         return _digest({k: v for k, v in self.fields().items() if k not in skip})
 
+    @classmethod
+    def from_record(cls, record) -> Variant:
+        """The variant a run or timing record was made with (fields added since: their defaults)."""
+        return cls(**record.variant)
+
     def describe(self) -> str:
         main = (f"{self.teacher}{list(self.layers)}/{self.student}{'+AAP' if self.pooling else ''}"
                 f"{' stem pooled' if self.pool_stem else ''}")
@@ -126,7 +132,6 @@ class Variant:
 
 
 def _is_backbone(name: str) -> bool:
-    from bench.backbones import timm  # timm behind the torchvision compatibility shim
     return isinstance(name, str) and bool(timm.is_model(name))
 
 
@@ -222,7 +227,3 @@ def create_variant(name: str, **overrides) -> Variant:
     if name not in PRESETS:
         raise UnknownNameError(f"unknown variant {name!r}; registered: {', '.join(list_variants())}")
     return dataclasses.replace(PRESETS[name], **coerce_fields(overrides))
-
-
-def variant_from_fields(fields: dict) -> Variant:
-    return Variant(**fields)

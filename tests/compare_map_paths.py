@@ -20,16 +20,18 @@ from tabulate import tabulate
 from bench import data as data_mod
 from bench.build import build_detector
 from bench.evaluate import branch_maps, score_and_measure
-from bench.run import Job
-from bench.variants import variant_from_fields
+from bench.data_entries import data_folder
+from bench.jobs import Job
+from bench.records import RunRecord
+from bench.variants import Variant
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
 def compare(record_path: Path, results: Path = Path("results")) -> list:
-    rec = json.loads(record_path.read_text())
-    job = Job(rec["variant_name"], variant_from_fields(rec["variant"]), rec["data_root"], rec["category"],
-              rec["seed"], rec["recipe"], rec["epochs"], rec["dataset"])
+    rec = RunRecord.from_dict(json.loads(record_path.read_text()))
+    job = Job(rec.variant_name, Variant.from_record(rec), str(data_folder(rec.data_root, rec.data_path)),
+              rec.category, rec.seed, rec.recipe, rec.epochs, rec.dataset)
     det = build_detector(job.variant)
     saved = torch.load(job.checkpoint_path(results), map_location="cpu", weights_only=False)
     for b, state in zip(det.branches, saved["students"]):
@@ -39,9 +41,9 @@ def compare(record_path: Path, results: Path = Path("results")) -> list:
     masks = data_mod.load_masks(split.test, job.variant.image_size).numpy()
     labels = np.array([s.label for s in split.test])
     ev = score_and_measure(det, branch_maps(det, images), labels, masks)
-    rho = spearmanr(rec["test"]["scores"], ev.scores).statistic
-    return [rec["dataset"], rec["method"], rec["seed"], rec.get("map_path", "exact (unnamed)"),
-            *(f"{rec['metrics'][m]:.4f} / {ev.metrics[m]:.4f} ({ev.metrics[m] - rec['metrics'][m]:+.5f})"
+    rho = spearmanr(rec.test["scores"], ev.scores).statistic
+    return [rec.dataset, rec.method, rec.seed, rec.map_path,
+            *(f"{rec.metrics[m]:.4f} / {ev.metrics[m]:.4f} ({ev.metrics[m] - rec.metrics[m]:+.5f})"
               for m in METRICS), f"{rho:.6f}"]
 
 

@@ -80,7 +80,7 @@ CASES = [
     ([*DRY, "--set", "image_size=0"], r"image_size 0 must be a positive multiple of 32", 2),
     ([*DRY, "--set", "image_size=100"], r"image_size 100 must be a positive multiple of 32", 2),
     ([*DRY, "--set", "teacher=nonexistent"], r"teacher 'nonexistent' is not a timm model name", 2),
-    ([*DRY, "--set", "layers=[7]"], r"layers \[7\] out of range: feature levels are 0..4", 2),
+    ([*DRY, "--set", "layers=[7]"], r"layers \[7\] out of range: layers are 0..4", 2),
     ([*DRY, "--set", "score=mean"], r"score 'mean' not in", 2),
     ([*DRY, "--set", "teacher2=efficientnet_b0"], r"only it takes a second teacher", 2),
     ([*DRY, "--set", "nonsense"], r"--set expects FIELD=VALUE, got 'nonsense'", 2),
@@ -163,7 +163,7 @@ def test_bad_input_gets_one_clear_message(argv, message, code, world, capsys, mo
 
 
 def test_bench_debug_shows_the_traceback(world, capsys, monkeypatch, tmp_path):
-    from bench.grid import GridError
+    from bench.errors import GridError
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BENCH_DEBUG", "1")
     with pytest.raises(GridError, match="no grid 'nope'"):
@@ -171,7 +171,7 @@ def test_bench_debug_shows_the_traceback(world, capsys, monkeypatch, tmp_path):
 
 
 def test_a_failed_timing_case_is_recorded_at_once_and_the_command_exits_1(capsys, monkeypatch, tmp_path):
-    from bench import timing
+    from bench import timing, timing_measure
     written = []
     real_write = timing._write
 
@@ -179,9 +179,9 @@ def test_a_failed_timing_case_is_recorded_at_once_and_the_command_exits_1(capsys
         raise RuntimeError("boom")
 
     def spy(out_dir, rec):
-        written.append(rec["status"])
+        written.append(rec.status)
         real_write(out_dir, rec)
-    monkeypatch.setattr(timing, "_prepare", boom)
+    monkeypatch.setattr(timing_measure, "_prepare", boom)
     monkeypatch.setattr(timing, "_write", spy)
     code, text = cli(["timing", "--variants", "reduced", "--batch-sizes", "1", "--scopes", "network", "--iters", "1",
                       "--warmup", "0", "--rounds", "2", "--no-peers", "--results", str(tmp_path)], capsys)
@@ -196,6 +196,6 @@ def test_timing_dash_h_is_help(capsys):
 
 
 def test_set_pooling_no_means_false(world, capsys, monkeypatch, tmp_path):
-    from bench.grid import expand, load_grid, parse_overrides, split_items
-    jobs = expand(load_grid("layers"), data=[world["tiny"]], overrides=parse_overrides(split_items("pooling=no,layers=[1,2]")))
+    from bench.grids import Grid, parse_overrides, split_items
+    jobs = Grid.load("layers").jobs(data=[world["tiny"]], overrides=parse_overrides(split_items("pooling=no,layers=[1,2]")))
     assert {j.variant.pooling for j in jobs} == {False} and {j.variant.layers for j in jobs} == {(1, 2)}

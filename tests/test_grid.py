@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.grid import GridError, expand, list_grids, load_grid, parse_overrides, run_grid
+from bench.errors import GridError
+from bench.grids import Grid, list_grids, parse_overrides
+from bench.runner import run_grid
+from bench.slurm import SlurmOptions
 from bench.synthetic import make_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,30 +27,30 @@ def test_every_shipped_grid_expands(tiny):
     names = [n for n, _ in list_grids()]
     assert {"layers", "pooling", "teachers", "alpha", "methods", "recipes", "readings"} <= set(names)
     for name in names:
-        spec = load_grid(name)
-        assert set(spec["datasets"]) >= {"default", "mvtec_textures", "btad", "shared"}
-        jobs = expand(spec, data=[str(tiny)])
+        spec = Grid.load(name)
+        assert set(spec.datasets) >= {"default", "mvtec_textures", "btad", "shared"}
+        jobs = spec.jobs(data=[str(tiny)])
         assert jobs and len({j.record_path("r") for j in jobs}) == len(jobs)  # no two jobs share a record
 
 
 def test_axes_cover_the_paper(tiny):
-    alphas = {j.variant.alpha for j in expand(load_grid("alpha"), data=[str(tiny)])}
+    alphas = {j.variant.alpha for j in Grid.load("alpha").jobs(data=[str(tiny)])}
     assert {0.0, 0.01, 0.1, 0.5, 1.0} <= alphas
-    layers = {j.variant.layers for j in expand(load_grid("layers"), data=[str(tiny)])}
+    layers = {j.variant.layers for j in Grid.load("layers").jobs(data=[str(tiny)])}
     assert {(1, 2), (2, 3), (0, 1, 2, 3)} <= layers
-    readings = expand(load_grid("readings"), data=[str(tiny)], categories=["weave"], seeds=[0])
+    readings = Grid.load("readings").jobs(data=[str(tiny)], categories=["weave"], seeds=[0])
     assert len(readings) == 16 and len({j.variant.train_key for j in readings}) == 2
-    recipes = {j.recipe for j in expand(load_grid("recipes"), data=[str(tiny)])}
+    recipes = {j.recipe for j in Grid.load("recipes").jobs(data=[str(tiny)])}
     assert recipes == {"paper", "official", "quick"}
 
 
 def test_overrides_and_errors(tiny):
-    jobs = expand(load_grid("methods"), data=[str(tiny)], overrides=parse_overrides(["teacher=tf_efficientnet_lite0"]))
+    jobs = Grid.load("methods").jobs(data=[str(tiny)], overrides=parse_overrides(["teacher=tf_efficientnet_lite0"]))
     assert {j.variant.teacher for j in jobs} == {"tf_efficientnet_lite0"}
     with pytest.raises(GridError, match="unknown variant fields"):
-        expand(load_grid("methods"), data=[str(tiny)], overrides={"colour": 1})
+        Grid.load("methods").jobs(data=[str(tiny)], overrides={"colour": 1})
     with pytest.raises(GridError, match="no grid 'nope'"):
-        load_grid("nope")
+        Grid.load("nope")
 
 
 def _ablate(results, tiny, extra=()):
@@ -86,7 +89,7 @@ def test_a_failing_job_is_recorded_and_the_grid_goes_on(tiny, tmp_path):
     import shutil
     shutil.copytree(tiny, broken)
     (broken / "grain" / "train" / "good" / "000.png").write_bytes(b"garbage")
-    jobs = expand(load_grid("methods"), data=[str(broken)], seeds=[0], epochs=1, overrides=parse_overrides(TINY.split(",")))
+    jobs = Grid.load("methods").jobs(data=[str(broken)], seeds=[0], epochs=1, overrides=parse_overrides(TINY.split(",")))
     outcomes = run_grid(jobs, results=tmp_path / "res")
     failed = {k: v for k, v in outcomes.items() if v != "ok"}
     assert len(failed) == 3 and all("grain" in k and "000.png: corrupt" in v for k, v in failed.items())
@@ -96,8 +99,8 @@ def test_a_failing_job_is_recorded_and_the_grid_goes_on(tiny, tmp_path):
 
 
 def test_student_groups_keep_jobs_that_share_a_student_together(tiny):
-    from bench.grid import student_groups
-    jobs = expand(load_grid("readings"), data=[str(tiny)], categories=["weave"], seeds=[0, 1])
+    from bench.jobs import student_groups
+    jobs = Grid.load("readings").jobs(data=[str(tiny)], categories=["weave"], seeds=[0, 1])
     groups = student_groups(jobs)
     assert len(groups) == 4  # student2 conv/copy x 2 seeds; score, fusion, map_weighting are evaluation-only
     assert all(len(g) == 8 and len({j.variant.train_key for j in g}) == 1 for g in groups)
@@ -106,23 +109,24 @@ def test_student_groups_keep_jobs_that_share_a_student_together(tiny):
 
 @pytest.mark.slow
 def test_several_workers_per_device_train_each_student_once(tiny, tmp_path):
-    jobs = expand(load_grid("readings"), data=[str(tiny)], categories=["weave"], seeds=[0], epochs=1,
+    jobs = Grid.load("readings").jobs(data=[str(tiny)], categories=["weave"], seeds=[0], epochs=1,
                   overrides=parse_overrides(TINY.split(",")))
     outcomes = run_grid(jobs, results=tmp_path / "res", jobs_per_device=2)
     assert list(outcomes.values()) == ["ok"] * 16  # readings: 16 variants, 2 students
     recs = [json.loads(p.read_text()) for p in (tmp_path / "res" / "runs").rglob("*.json")]
     assert len(recs) == 16
-    assert sum(not r["train"].get("reused_checkpoint") for r in recs) == 2  # one training per student
+    assert sorted(r["train"]["student"] for r in recs) == ["sibling"] * 14 + ["trained"] * 2  # one training per student
+    assert not any(r["train"]["reused_checkpoint"] for r in recs)  # none was read from disk
     assert len(list((tmp_path / "res" / "checkpoints").rglob("*.pt"))) == 2
 
 
 @pytest.mark.slow
 def test_submitit_executor_runs_array_jobs(tiny, tmp_path):
     pytest.importorskip("submitit")
-    jobs = expand(load_grid("methods"), data=[str(tiny)], categories=["weave"], seeds=[0], epochs=1,
+    jobs = Grid.load("methods").jobs(data=[str(tiny)], categories=["weave"], seeds=[0], epochs=1,
                   overrides=parse_overrides(TINY.split(",")))
-    outcomes = run_grid(jobs, results=tmp_path / "res", executor="slurm", submitit_cluster="local",
-                        slurm_folder=tmp_path / "logs", max_parallel=2)
+    outcomes = run_grid(jobs, results=tmp_path / "res", executor="slurm",
+                        slurm=SlurmOptions(cluster="local", folder=tmp_path / "logs", max_parallel=2))
     assert list(outcomes.values()) == ["ok"] * 3
     assert len(list((tmp_path / "res" / "runs").rglob("*.json"))) == 3
     assert list((tmp_path / "logs").glob("*_log.out"))
@@ -135,7 +139,7 @@ def test_records_are_written_readable_by_others(tmp_path):
 
 
 def test_a_corrupt_record_beside_the_grid_is_named_and_skipped(tiny, tmp_path, capsys):
-    from bench.notebooks import write_summary
+    from bench.report import print_jobs_summary, write_summary
     from bench.store import RecordWarning, read_records
     res = tmp_path / "res"
     other = res / "runs" / "elsewhere" / "x"
@@ -143,10 +147,11 @@ def test_a_corrupt_record_beside_the_grid_is_named_and_skipped(tiny, tmp_path, c
     (other / "broken.json").write_text('{"status": "ok", "metr')      # a writer killed without our atomic rename
     (other / "foreign.json").write_text("[1, 2, 3]")                  # someone else's JSON
     (other / "notes.json").write_text('{"hello": "world"}')
-    jobs = expand(load_grid("layers"), data=[str(tiny)], categories=["weave"], seeds=[0], epochs=1,
+    jobs = Grid.load("layers").jobs(data=[str(tiny)], categories=["weave"], seeds=[0], epochs=1,
                   overrides=parse_overrides(TINY.split(",")))[:1]
     with pytest.warns(RecordWarning) as caught:
         outcomes = run_grid(jobs, results=res)
+        print_jobs_summary(jobs, res)
     assert list(outcomes.values()) == ["ok"]
     warned = " ".join(str(w.message) for w in caught)
     assert all(f"{other / name}" in warned for name in ("broken.json", "foreign.json", "notes.json"))

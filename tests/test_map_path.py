@@ -28,15 +28,15 @@ def textbook_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @torch.no_grad()
 def textbook_predict(det: Detector, x):
-    """Eq. 9-12 as written: every level upsampled to the image size by F.interpolate, stacked, summed,
+    """Eq. 9-12 as written: every layer upsampled to the image size by F.interpolate, stacked, summed,
     fused (Eq. 11), blurred at the image size by scipy, scored."""
     size = x.shape[-2:]
-    parts = []
+    per_branch = []
     for b in det.branches:
         maps = [F.interpolate(textbook_distance(t, s).unsqueeze(1), size=size, mode="bilinear", align_corners=False)
                 for t, s in zip(b.teacher_features(x), b.student_features(x))]
-        parts.append(torch.stack(maps).sum(0).squeeze(1))
-    fused = parts[0] if len(parts) == 1 else fuse(parts[0], parts[1], det.fusion)
+        per_branch.append(torch.stack(maps).sum(0).squeeze(1))
+    fused = per_branch[0] if len(per_branch) == 1 else fuse(per_branch[0], per_branch[1], det.fusion)
     maps = textbook_blur(fused, det.blur_sigma)
     return image_score(maps, det.score), maps
 
@@ -98,14 +98,14 @@ def test_predict_is_the_textbook_computation_for_every_preset(name, score, batch
 
 
 def test_sum_score_needs_no_full_size_map(batch):
-    """Eq. 12's sum of the blurred full-size map, from the level maps alone: the same scores."""
+    """Eq. 12's sum of the blurred full-size map, from the layer maps alone: the same scores."""
     det = build_detector(create_variant("reduced", **RANDOM)).eval()
     full, scores_only = det.predict(batch), det.predict(batch, full_size=False)
     assert scores_only.maps is None
     assert torch.allclose(scores_only.scores, full.scores, rtol=1e-5)
     assert torch.allclose(full.scores, image_score(full.maps, "sum"), rtol=1e-5)
-    # the level maps stay at their own resolutions: the reduced student's stem at half the image size
-    assert [lv.shape[-1] for lv in full.levels["main"]] == [64, 16, 8, 4]
+    # the layer maps stay at their own resolutions: the reduced student's stem at half the image size
+    assert [lv.shape[-1] for lv in full.layer_maps["main"]] == [64, 16, 8, 4]
 
 
 @pytest.mark.slow

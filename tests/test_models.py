@@ -4,10 +4,13 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from bench.backbones import Teacher
-from bench.detector import (Branch, Detector, features_loss, features_map, fuse, gaussian_blur,
-                            image_score, layer_distance)
+from bench.build import build_detector
+from bench.detector import (FUSIONS, MAP_WEIGHTINGS, SCORES, Branch, Detector, features_loss, features_map, fuse,
+                            gaussian_blur, image_score, layer_distance)
+from bench.students import STUDENT_KINDS
+from bench.variants import create_variant
 
-# (backbone, levels, channels, strides) at 256 px
+# (backbone, layers, channels, strides) at 256 px
 TEACHERS = {
     "resnet18": ((0, 1, 2, 3), [64, 64, 128, 256], [2, 4, 8, 16]),
     "efficientnet_b0": ((0, 1, 2, 3, 4), [16, 24, 40, 112, 320], [2, 4, 8, 16, 32]),
@@ -21,10 +24,10 @@ def teachers():
 
 
 @pytest.mark.parametrize("backbone", TEACHERS)
-@pytest.mark.parametrize("student", ["full", "reduced", "conv", "copy"])
+@pytest.mark.parametrize("student", STUDENT_KINDS)
 @pytest.mark.parametrize("pooling", [True, False])
 def test_feature_shapes_at_256(teachers, backbone, student, pooling):
-    levels, chans, strides = TEACHERS[backbone]
+    layers, chans, strides = TEACHERS[backbone]
     branch = Branch(teachers[backbone], student, pooling)
     x = torch.rand(2, 3, 256, 256)
     ft, fs = branch.teacher_features(x), branch.student_features(x)
@@ -70,7 +73,7 @@ def test_loss_is_per_image():
     assert features_loss([ft], [fs]).tolist() == pytest.approx([0.0, 2.0])
 
 
-def test_area_weighting_divides_each_level_by_its_size_as_the_official_code():
+def test_area_weighting_divides_each_layer_by_its_size_as_the_official_code():
     ft = [torch.ones(1, 1, 1, 1), torch.ones(1, 1, 2, 2)]
     fs = [-torch.ones(1, 1, 1, 1), -torch.ones(1, 1, 2, 2)]          # distance 2 at every position
     m = features_map(ft, fs, (4, 4), weighting="area")
@@ -129,7 +132,7 @@ def test_mixed_detector_end_to_end_shapes(teachers):
     loss.sum().backward()
     assert all(p.grad is None for p in det.branches[0].teacher.parameters())
     pred = det.predict(x)
-    assert pred.maps.shape == (2, 64, 64) and pred.scores.shape == (2,) and set(pred.levels) == {"main", "aux"}
+    assert pred.maps.shape == (2, 64, 64) and pred.scores.shape == (2,) and set(pred.layer_maps) == {"main", "aux"}
 
 
 def test_alpha_weights_the_second_teacher(teachers):
@@ -149,16 +152,29 @@ def test_map_weighting_reaches_the_detector(teachers):
     b = Branch(teachers["resnet18"], "conv", True)
     plain = Detector([b]).branch_maps(x)[0]
     area = Detector([b], map_weighting="area").branch_maps(x)[0]
-    for p, a in zip(plain, area):   # each level's map divided by its own area
+    for p, a in zip(plain, area):   # each layer's map divided by its own area
         assert torch.allclose(a, p / (p.shape[-2] * p.shape[-1]))
 
 
-def test_pooled_stem_level_matches_teacher_and_student_at_half_resolution():
-    from bench.build import build_detector
-    from bench.variants import create_variant
+def test_pooled_stem_layer_matches_teacher_and_student_at_half_resolution():
     x = torch.rand(1, 3, 64, 64)
     for pool_stem, stem_size in ((False, 32), (True, 16)):
         b = build_detector(create_variant("reduced", teacher_init="random", pool_stem=pool_stem)).branches[0]
         ft, fs = b.teacher_features(x), b.student_features(x)
         assert [f.shape for f in ft] == [f.shape for f in fs]
-        assert ft[0].shape[-1] == stem_size and ft[1].shape[-1] == 8     # the other levels are unchanged
+        assert ft[0].shape[-1] == stem_size and ft[1].shape[-1] == 8     # the other layers are unchanged
+
+
+@pytest.fixture(scope="module")
+def mixed64():
+    return build_detector(create_variant("mixed", teacher_init="random", teacher2_init="random", image_size=64)).eval()
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("weighting", MAP_WEIGHTINGS)
+def test_every_registered_reading_scores_a_batch(mixed64, fusion, score, weighting):
+    """Every Eq. 11 fusion, Eq. 12 score and Eq. 9-10 weighting the registries offer runs end to end."""
+    mixed64.fusion, mixed64.score, mixed64.map_weighting = fusion, score, weighting
+    pred = mixed64.predict(torch.rand(2, 3, 64, 64))
+    assert pred.scores.shape == (2,) and torch.isfinite(pred.scores).all() and pred.maps.shape == (2, 64, 64)

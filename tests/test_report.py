@@ -1,10 +1,14 @@
 """Report tables and the notebooks, on a small set of generated records (with failed and missing cells)."""
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from bench import report
-from bench.run import Job, _base_record
-from bench.store import write_json_atomic
+from bench import grids, report
+from bench.jobs import Job
+from bench.records import TimingRecord, write
+from bench.run import job_record
 from bench.timing import run_timing
 from bench.variants import create_variant
 
@@ -13,17 +17,15 @@ def fake_record(results, name, dataset, category, seed, rng, status="ok", recipe
     """A record as run_job writes it, with generated metrics (tests only; never under results/)."""
     v = create_variant(name, **overrides)
     job = Job(name, v, str(results), category, seed=seed, recipe=recipe, dataset=dataset)
-    rec = _base_record(job, "cpu")
-    labels = [0, 0, 1, 1]
+    rec = job_record(job, "cpu", status)
     if status == "ok":
-        rec.update(status="ok", metrics={m: float(rng.uniform(0.6, 1.0)) for m in
-                                         ("image_auroc", "pixel_auroc", "aupro", "f1_max")},
-                   teachers=[{"backbone": v.teacher, "kind": "random", "file": None, "sha256": None, "label": None}],
-                   test={"labels": labels, "scores": rng.random(4).tolist(), "defect": ["good"] * 2 + ["x"] * 2},
-                   examples=None, train={"best_epoch": 1})
+        rec.metrics = {m: float(rng.uniform(0.6, 1.0)) for m in ("image_auroc", "pixel_auroc", "aupro", "f1_max")}
+        rec.teachers = [{"backbone": v.teacher, "kind": "random", "file": None, "sha256": None, "label": None}]
+        rec.test = {"labels": [0, 0, 1, 1], "scores": rng.random(4).tolist(), "defect": ["good"] * 2 + ["x"] * 2}
+        rec.train = {"best_epoch": 1}
     else:
-        rec.update(status="failed", error="DataError: broken.png: corrupt or unreadable image")
-    write_json_atomic(job.record_path(results), rec)
+        rec.error = "DataError: broken.png: corrupt or unreadable image"
+    write(rec, job.record_path(results))
     return rec
 
 
@@ -60,9 +62,9 @@ def test_table2_labels_ours_and_the_papers(results):
 def test_table1_table4_table5_table6_shapes(results):
     runs = report.load_runs(results)
     t1 = report.table1_layers(runs)
-    assert list(t1.columns) == ["levels 1+2", "levels 2+3", "levels 0+1+2+3"]
+    assert list(t1.columns) == ["layers 1+2", "layers 2+3", "layers 0+1+2+3"]
     assert t1.loc[("mvtec_anomaly_detection",)].shape[0] == 1
-    assert (t1.loc[("mvtec_anomaly_detection",)][["levels 1+2", "levels 2+3"]] == "not run").all(axis=None)
+    assert (t1.loc[("mvtec_anomaly_detection",)][["layers 1+2", "layers 2+3"]] == "not run").all(axis=None)
     t4 = report.table4_mixed(runs)
     assert t4.shape == (2, 4)
     t5 = report.table5_pixel(runs)
@@ -73,9 +75,10 @@ def test_table1_table4_table5_table6_shapes(results):
 
 def test_ablation_and_seed_summary(results):
     runs = report.load_runs(results)
-    a = report.ablation_table(runs, "mixed", ("alpha",))
-    assert list(a.columns) == ["alpha=0.0", "alpha=0.1", "alpha=0.5"]
+    a = report.ablation_table(runs, "alpha")
+    assert list(a.columns) == ["alpha=0.0", "alpha=0.01", "alpha=0.1", "alpha=0.5", "alpha=1.0"]  # the file's
     assert a.loc[("mvtec_anomaly_detection",)].iloc[0]["alpha=0.5"] == "not run"
+    assert (a["alpha=0.01"] == "not run").all()
     s = report.seed_summary(runs)
     assert (s.seeds == 3).all() and len(s) == 8
 
@@ -93,10 +96,9 @@ def test_table3_timing_and_ratios(results):
 
 
 def _timing(run_id, name, ips, device="cuda", **options):
-    return {"run_id": run_id, "origin": "ours", "name": name, "method": name, "scope": "map", "batch_size": 1,
-            "precision": "fp32", "channels_last": False, "compile": False, "cuda_graphs": False, **options,
-            "median_ms": 1000 / ips, "p99_ms": 1000 / ips, "images_per_s": ips, "status": "ok",
-            "env": {"device_name": "GPU X", "device": device}, "variant": None, "variant_key": None}
+    return TimingRecord(run_id=run_id, name=name, method=name, scope="map", batch_size=1, precision="fp32",
+                        **options, median_ms=1000 / ips, p99_ms=1000 / ips, images_per_s=ips, status="ok",
+                        env={"device_name": "GPU X", "device": device})
 
 
 def test_table3_rows_come_from_one_run_never_mixed():
@@ -106,7 +108,7 @@ def test_table3_rows_come_from_one_run_never_mixed():
     t3 = report.table3_timing(timing, device_type="cuda")
     assert list(t3.columns) == ["mixed"]          # the latest run alone, labelled as single pass
     assert "single pass" in t3.index.get_level_values("run")[0]
-    rounds = dict(rounds=[{"median_ms": 10.0}] * 2, round_images_per_s=[100.0, 100.0])
+    rounds = dict(rounds=[{"median_ms": 10.0}] * 2)
     timing.append(_timing("20260101T120000Z", "stpm", 100.0, **rounds))
     t3 = report.table3_timing(timing, device_type="cuda")   # a run with rounds wins over later single passes
     assert list(t3.columns) == ["stpm"] and t3.index.get_level_values("run")[0] == "20260101T120000Z"
@@ -143,16 +145,19 @@ def test_ci95():
 @pytest.mark.slow
 def test_every_notebook_executes_on_generated_records(results, tmp_path):
     from bench.notebooks import ORDER, render_all
-    outs = render_all(results=results, out_dir=tmp_path, html=True)
-    assert [o.stem for o in outs] == list(ORDER)
+    pages = render_all(results=results, out_dir=tmp_path, keep_notebooks=True)
+    assert [p.stem for p in pages] == list(ORDER) and (tmp_path / "style.css").is_file()
     import nbformat
-    for o in outs:
-        cells = nbformat.read(o, as_version=4).cells
+    for p in pages:
+        cells = nbformat.read(p.with_suffix(".ipynb"), as_version=4).cells
         assert not [out for c in cells for out in c.get("outputs", []) if out.get("output_type") == "error"]
-        assert o.with_suffix(".html").stat().st_size > 1000
+        html = p.read_text()
+        assert 'href="style.css"' in html and "--jp-" not in html  # one stylesheet, not one per page
+        assert str(results) not in html
     t2 = (tmp_path / "table2_reduced.html").read_text()
     assert "not run" in t2 and "paper (Thomine et al., VISAPP 2023)" in t2 and "kolektorsdd" in t2
-    assert "Failed runs:** 1" in (tmp_path / "overview.ipynb").read_text()
+    assert "Failed runs:</strong> 1" in (tmp_path / "overview.html").read_text()
+    assert "alpha=0.01" in (tmp_path / "ablations.html").read_text()
 
 
 @pytest.mark.parametrize("table,means", [("TABLE2", "TABLE2_MEAN"), ("TABLE4", "TABLE4_MEAN"), ("TABLE5", "TABLE5_MEAN")])
@@ -175,11 +180,48 @@ def test_ablation_plot_draws_one_curve_per_recipe_that_varies_the_axis(results, 
     rng = np.random.default_rng(1)
     paper = [fake_record(tmp_path, "mixed", "kolektorsdd", "kolektorsdd", s, rng, recipe="paper") for s in (0, 1)]
     for r in paper:
-        r["_path"] = "x"
-    fig = report.ablation_plot(runs + paper, "mixed", "alpha")
+        r.path = "x"
+    fig = report.ablation_plot(runs + paper, "alpha")
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["kolektorsdd"]  # the paper-recipe runs sit at one alpha: not a curve, not averaged in
-    quick = [r["metrics"]["image_auroc"] for r in runs if r["status"] == "ok" and r["dataset"] == "kolektorsdd"
-             and r["variant_name"] == "mixed" and r["variant"]["alpha"] == 0.1]
+    quick = [r.metrics["image_auroc"] for r in runs if r.ok and r.dataset == "kolektorsdd"
+             and r.variant_name == "mixed" and r.variant["alpha"] == 0.1]
     ys = fig.axes[0].lines[0].get_ydata()
     assert len(ys) == 3 and ys[1] == pytest.approx(100 * np.mean(quick))
+
+
+def test_a_new_grid_file_gets_its_table_plot_and_summary_section_with_no_code(tmp_path, monkeypatch):
+    ablations = tmp_path / "ablations"
+    ablations.mkdir()
+    for shipped in report.list_grids():  # the shipped grids, and one more file
+        shutil.copy(Path(grids.ABLATIONS) / f"{shipped[0]}.toml", ablations)
+    (ablations / "blur.toml").write_text('description = "Gaussian blur of the map"\nvariants = ["reduced"]\n'
+                                         'seeds = [0, 1]\n[axes]\nblur_sigma = [2.0, 4.0, 8.0]\n')
+    monkeypatch.setattr("bench.grids.ABLATIONS", ablations)
+    rng = np.random.default_rng(2)
+    for seed in (0, 1):
+        for sigma in (2.0, 4.0):
+            fake_record(tmp_path, "reduced", "kolektorsdd", "kolektorsdd", seed, rng, blur_sigma=sigma)
+    runs = report.load_runs(tmp_path)
+    t = report.ablation_table(runs, "blur")
+    assert list(t.columns) == ["blur_sigma=2.0", "blur_sigma=4.0", "blur_sigma=8.0"]   # the file's values
+    assert "±" in t.iloc[0]["blur_sigma=2.0"] and (t["blur_sigma=8.0"] == "not run").all()
+    assert "blur" in report.plottable_grids()
+    assert [x.get_text() for x in report.ablation_plot(runs, "blur").axes[0].get_xticklabels()] == ["2.0", "4.0"]
+    assert "## Grid `blur`: Gaussian blur of the map" in report.write_summary(tmp_path).read_text()
+
+
+@pytest.mark.parametrize("grid", [name for name, _ in report.list_grids()])
+def test_every_shipped_grid_has_a_table(results, grid):
+    t = report.ablation_table(report.load_runs(results), grid)
+    assert len(t) and not t.columns.empty
+
+
+def test_a_run_matching_two_presets_of_a_grid_is_counted_once_under_its_own_teacher(tmp_path):
+    grid = tmp_path / "two.toml"
+    grid.write_text('variants = ["reduced", "reduced-lite0"]\n[axes]\npooling = [true, false]\n')
+    rng = np.random.default_rng(3)
+    for seed in (0, 1):
+        fake_record(tmp_path, "reduced-lite0", "kolektorsdd", "kolektorsdd", seed, rng)
+    t = report.ablation_table(report.load_runs(tmp_path), str(grid))
+    assert t.index.get_level_values("base").tolist() == ["reduced-lite0"]   # not once per preset

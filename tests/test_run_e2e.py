@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from bench.run import Job, run_job
+from bench.jobs import Job
+from bench.run import run_job
 from bench.store import records_frame
 from bench.synthetic import make_dataset
 from bench.variants import create_variant
@@ -27,9 +28,9 @@ def test_run_job_writes_a_complete_record(synth, tmp_path, name):
     for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):
         assert 0.0 <= on_disk["metrics"][key] <= 1.0
     assert on_disk["train"]["best_epoch"] in (1, 2) and len(on_disk["train"]["val_loss"]) == 2
-    assert on_disk["teachers"][0]["kind"] == "random" and on_disk["software"]["torch"]
+    assert on_disk["teachers"][0]["kind"] == "random" and on_disk["env"]["software"]["torch"]
     assert on_disk["examples"] and job.record_path(tmp_path).with_suffix(".npz").is_file()
-    assert len(rec["test"]["scores"]) == 10
+    assert len(rec.test["scores"]) == 10
     df = records_frame(tmp_path / "runs")
     assert len(df) == 1 and "metrics.image_auroc" in df and "variant.alpha" in df
 
@@ -39,8 +40,8 @@ def test_eval_only_variant_reuses_the_trained_student(synth, tmp_path):
     a = run_job(Job("r", v, str(synth), "grain", epochs=1), tmp_path, progress=False)
     b = run_job(Job("r", create_variant("reduced", teacher_init="random", image_size=96, score="max"),
                     str(synth), "grain", epochs=1), tmp_path, progress=False)
-    assert not a["train"]["reused_checkpoint"] and b["train"]["reused_checkpoint"]
-    assert a["metrics"]["pixel_auroc"] == b["metrics"]["pixel_auroc"]
+    assert (a.train["student"], b.train["student"]) == ("trained", "checkpoint") and b.train["reused_checkpoint"]
+    assert a.metrics["pixel_auroc"] == b.metrics["pixel_auroc"]
 
 
 def test_git_revision_can_be_told_by_the_sender(monkeypatch):

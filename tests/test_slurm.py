@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.grid import expand, load_grid, parse_overrides, run_grid
+from bench.grids import Grid, parse_overrides
+from bench.runner import run_grid
+from bench.slurm import SlurmOptions
 from bench.synthetic import make_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -216,13 +218,13 @@ def test_failing_task_is_recorded_with_its_log_and_the_cap_holds_below_the_node(
     broken = tmp_path / "data"
     shutil.copytree(tiny, broken)
     (broken / "grain" / "train" / "good" / "000.png").write_bytes(b"garbage")
-    jobs = [j for j in expand(load_grid("methods"), data=[str(broken)], seeds=[0], epochs=1,
+    jobs = [j for j in Grid.load("methods").jobs(data=[str(broken)], seeds=[0], epochs=1,
                               overrides=parse_overrides(TINY.split(","))) if j.variant_name == "reduced"]
     assert sorted(j.category for j in jobs) == ["grain", "weave"]
     if "SLURM_CONF" in cluster["env"]:
         monkeypatch.setenv("SLURM_CONF", cluster["env"]["SLURM_CONF"])
-    outcomes = run_grid(jobs, results=tmp_path / "res", executor="slurm", max_parallel=1, slurm_cpus=1,
-                        timeout_min=10)
+    outcomes = run_grid(jobs, results=tmp_path / "res", executor="slurm",
+                        slurm=SlurmOptions(max_parallel=1, cpus_per_task=1, time_min=10))
     failed = [v for k, v in outcomes.items() if v != "ok"]
     assert len(failed) == 1 and "000.png: corrupt" in failed[0]
     recs = [json.loads(b) for b in _records(tmp_path / "res").values()]

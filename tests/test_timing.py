@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from bench.build import build_detector
+from bench.records import TIMING_SCHEMA, TimingRecord
 from bench.intervals import bootstrap_median, map_cost, per_round_ratio, run_ratios
-from bench.timing import (Cell, build_subjects, count_gmacs, interleaved_rounds, latency_stats, measure,
-                          run_timing, subject_fn)
+from bench.timing import run_timing
+from bench.timing_measure import Cell, interleaved_rounds, latency_stats, measure
+from bench.timing_subjects import build_subjects, count_gmacs, subject_fn
 from bench.variants import create_variant
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none visible here)")
@@ -45,10 +47,9 @@ def test_bootstrap_median_interval_by_hand():
 
 
 def _rec(name, ips, role="detector", floor=None, scope="map", bs=1):
-    return {"status": "ok", "run_id": "r1", "scope": scope, "batch_size": bs, "precision": "fp32",
-            "channels_last": False, "compile": False, "cuda_graphs": False, "name": name, "role": role,
-            "floor": floor, "round_images_per_s": ips, "median_ms": 1e3 * bs / np.median(ips),
-            "rounds": [{"median_ms": 1e3 * bs / v} for v in ips]}
+    """A timing record whose rounds ran at IPS images/s."""
+    return TimingRecord(status="ok", run_id="r1", scope=scope, batch_size=bs, precision="fp32", name=name, role=role,
+                        floor=floor, median_ms=1e3 * bs / np.median(ips), rounds=[{"median_ms": 1e3 * bs / v} for v in ips])
 
 
 def test_ratios_are_per_round_with_the_floor():
@@ -64,7 +65,7 @@ def test_ratios_are_per_round_with_the_floor():
 
 def test_ratios_never_mix_runs():
     a, b = _rec("reduced", [20, 20]), _rec("stpm", [10, 10])
-    b["run_id"] = "r2"
+    b.run_id = "r2"
     assert run_ratios([a, b]).empty
 
 
@@ -102,16 +103,17 @@ def test_reduced_costs_fewer_macs_than_stpm():
 def test_cpu_run_records_every_round_of_every_subject_per_cell(tmp_path):
     recs = run_timing(device="cpu", variants=["reduced", "stpm"], batch_sizes=[1, 2], scopes=["network", "map"],
                       iters=2, warmup=1, rounds=3, threads=1, results=tmp_path, image_size=64, peers=False)
-    assert {(r["name"], r["scope"]) for r in recs} == {(n, s) for n in ("reduced", "stpm", "teacher:resnet18[..layer3]")
+    assert {(r.name, r.scope) for r in recs} == {(n, s) for n in ("reduced", "stpm", "teacher:resnet18[..layer3]")
                                                        for s in ("network", "map")}
     files = list((tmp_path / "timing").rglob("*.json"))
     assert len(files) == len(recs) == 12
-    r = json.loads(files[0].read_text())
-    assert r["schema_version"] == 2 and len(r["rounds"]) == 3 and all(len(x["ms"]) == 2 for x in r["rounds"])
-    for key in ("median_ms", "p99_ms", "images_per_s", "round_images_per_s", "warmup", "student_params_m",
-                "peak_rss_mb", "precision_mode"):
-        assert key in r
-    assert r["env"]["threads_set"] == 1 and r["env"]["allocator"] and r["env"]["git_revision"]
+    on_disk = json.loads(files[0].read_text())
+    assert on_disk["schema_version"] == TIMING_SCHEMA and len(on_disk["rounds"]) == 3
+    assert all(len(x["ms"]) == 2 for x in on_disk["rounds"]) and "round_images_per_s" not in on_disk  # derived
+    for key in ("median_ms", "p99_ms", "images_per_s", "warmup", "student_params_m", "peak_rss_mb", "precision_mode"):
+        assert key in on_disk
+    assert on_disk["teachers"][0] == {"backbone": "resnet18", "kind": "random"}
+    assert on_disk["env"]["threads_set"] == 1 and on_disk["env"]["allocator"] and on_disk["env"]["git_revision"]
     assert len(run_ratios(recs)) == 4 * 3   # reduced/stpm, reduced/floor, stpm/floor in 4 cells
 
 
@@ -135,10 +137,10 @@ def test_cell_tag_names_its_options():
 def test_cuda_run_uses_events_graphs_and_checks_the_gpu_is_idle(tmp_path):
     recs = run_timing(device="cuda", variants=["reduced"], batch_sizes=[1, 4], precisions=["fp32", "fp16"],
                       iters=5, warmup=2, rounds=2, results=tmp_path, peers=False)
-    ok = [r for r in recs if r["status"] == "ok"]
-    assert ok and all(r["peak_device_mem_mb_cell"] > 0 for r in ok)
-    assert all(r["env"]["cudnn_benchmark"] is True and r["gpu_activity"]["before"] is not None for r in ok)
-    assert any(r["cuda_graphs"] for r in ok)
+    ok = [r for r in recs if r.status == "ok"]
+    assert ok and all(r.peak_device_mem_mb_cell > 0 for r in ok)
+    assert all(r.env["cudnn_benchmark"] is True and r.gpu_activity["before"] is not None for r in ok)
+    assert any(r.cuda_graphs for r in ok)
 
 
 @cuda
@@ -151,9 +153,9 @@ def test_cuda_measure_with_events():
 def test_grid_architectures_are_timed_once_each(tmp_path):
     recs = run_timing(device="cpu", grid="readings", batch_sizes=[1], scopes=["network"], iters=1, warmup=1,
                       rounds=2, results=tmp_path, image_size=64, peers=False)
-    dets = [r for r in recs if r["role"] == "detector"]
+    dets = [r for r in recs if r.role == "detector"]
     # readings: score, fusion and map weighting do not change the architecture, the EfficientNet student does
-    assert len(dets) == 2 and {r["variant"]["student2"] for r in dets} == {"conv", "copy"}
+    assert len(dets) == 2 and {r.variant["student2"] for r in dets} == {"conv", "copy"}
 
 
 def test_onnxruntime_subject_matches_pytorch_and_is_timed_in_the_same_rounds(tmp_path):
@@ -161,13 +163,13 @@ def test_onnxruntime_subject_matches_pytorch_and_is_timed_in_the_same_rounds(tmp
     recs = run_timing(device="cpu", variants=["reduced"], batch_sizes=[2], scopes=["network", "map", "end_to_end"],
                       iters=2, warmup=1, rounds=2, threads=1, results=tmp_path, image_size=64, peers=False,
                       backends=("eager", "onnxruntime"))
-    ort = [r for r in recs if r["backend"] == "onnxruntime" and r["role"] == "detector"]
-    floor = [r for r in recs if r["backend"] == "onnxruntime" and r["role"] == "teacher"]
-    assert {r["scope"] for r in ort} == {r["scope"] for r in floor} == {"map", "end_to_end"}  # not network alone
-    assert all(r["status"] == "ok" and r["export_check"]["max_abs_diff_maps"] < 1e-4 for r in ort)
-    assert all(r["status"] == "ok" and r["export_check"]["max_abs_diff_features"] < 1e-4 for r in floor)
+    ort = [r for r in recs if r.backend == "onnxruntime" and r.role == "detector"]
+    floor = [r for r in recs if r.backend == "onnxruntime" and r.role == "teacher"]
+    assert {r.scope for r in ort} == {r.scope for r in floor} == {"map", "end_to_end"}  # not network alone
+    assert all(r.status == "ok" and r.export_check["max_abs_diff_maps"] < 1e-4 for r in ort)
+    assert all(r.status == "ok" and r.export_check["max_abs_diff_features"] < 1e-4 for r in floor)
     # an exported detector's floor is its teacher exported alike, not the eager teacher
-    assert {r["floor"] for r in ort} == {r["name"] for r in floor}
+    assert {r.floor for r in ort} == {r.name for r in floor}
     ratios = set(run_ratios(recs).ratio)
     assert {"reduced[ort] / reduced", "reduced[ort] / floor"} <= ratios
 
@@ -176,9 +178,9 @@ def test_anomalib_inference_path_is_timed_beside_its_model(tmp_path):
     pytest.importorskip("anomalib", reason="the peers extra (anomalib) is not installed")
     recs = run_timing(device="cpu", variants=["stpm"], batch_sizes=[1], scopes=["network", "map", "end_to_end"],
                       iters=1, warmup=1, rounds=2, threads=1, results=tmp_path, image_size=64)
-    inf = [r for r in recs if r["name"] == "anomalib-stfpm[inferencer]"]
-    assert {r["scope"] for r in inf} == {"map", "end_to_end"} and all(r["status"] == "ok" for r in inf)
-    assert all(r["backend"] == "inferencer" and r["origin"] == "anomalib" for r in inf)
+    inf = [r for r in recs if r.name == "anomalib-stfpm[inferencer]"]
+    assert {r.scope for r in inf} == {"map", "end_to_end"} and all(r.status == "ok" for r in inf)
+    assert all(r.backend == "inferencer" and r.origin == "anomalib" for r in inf)
     assert {"stpm / anomalib-stfpm", "stpm / anomalib-stfpm[inferencer]"} <= set(run_ratios(recs).ratio)
 
 

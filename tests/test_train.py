@@ -52,7 +52,7 @@ def test_official_recipe_runs_onecycle_from_its_lr():
     assert len(s.train_loss) == 1 and s.train_loss[0] > 0
 
 
-@pytest.mark.parametrize("recipe", ["quick", "paper", "demo"])
+@pytest.mark.parametrize("recipe", [n for n, r in RECIPES.items() if r.optimizer == "sgd" and r.loss_reduction == "sum"])
 def test_default_sgd_recipes_step_on_the_batch_sum_as_stpm(recipe):
     """A batch of two, one scalar parameter, loss per image (w - a_i)^2: the gradient STPM's code
     (and anomalib, and the official MixedTeacher code) steps on is the sum 2(w-a_1) + 2(w-a_2)."""

@@ -21,15 +21,23 @@ def test_env_var_names_a_file(tmp_path, monkeypatch):
     assert src.kind == "file" and src.sha256 == hashlib.sha256(b"abc").hexdigest()
 
 
-def test_offline_hub_failure_is_an_error_never_random(monkeypatch):
+@pytest.fixture
+def offline_hub(monkeypatch) -> list[str]:
+    """timm's hub unreachable, as on the machines without internet; returns the names asked for."""
+    calls, real = [], backbones.timm.create_model
+
     def offline(name, pretrained=False, **kw):
         if pretrained:
+            calls.append(name)
             raise OSError("network unreachable")
         return real(name, pretrained=False, **kw)
-    real = backbones.timm.create_model
     monkeypatch.setattr(backbones.timm, "create_model", offline)
     monkeypatch.setattr(backbones, "_HUB_FAILED", {})
     monkeypatch.delenv(weights_env_var("resnet18"), raising=False)
+    return calls
+
+
+def test_offline_hub_failure_is_an_error_never_random(offline_hub):
     with pytest.raises(WeightsError, match=r"no pretrained weights for backbone 'resnet18'.*--weights resnet18=PATH"):
         Teacher("resnet18", (1, 2))
 
@@ -88,19 +96,8 @@ def test_garbage_weight_file_is_one_line_naming_it(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_hub_failure_is_tried_once_per_process(monkeypatch):
-    calls = []
-
-    def offline(name, pretrained=False, **kw):
-        if pretrained:
-            calls.append(name)
-            raise OSError("network unreachable")
-        return real(name, pretrained=False, **kw)
-    real = backbones.timm.create_model
-    monkeypatch.setattr(backbones.timm, "create_model", offline)
-    monkeypatch.setattr(backbones, "_HUB_FAILED", {})
-    monkeypatch.delenv(weights_env_var("resnet18"), raising=False)
+def test_hub_failure_is_tried_once_per_process(offline_hub):
     for _ in range(3):
         with pytest.raises(WeightsError, match=r"--set teacher=tf_efficientnet_lite0"):
             Teacher("resnet18", (1,))
-    assert calls == ["resnet18"]
+    assert offline_hub == ["resnet18"]

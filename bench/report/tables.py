@@ -1,0 +1,148 @@
+"""The accuracy tables: the paper's Tables 1, 2, 4, 5, 6 beside ours, and any grid's ablation
+table, built from the grid file. Cells: mean ± 95 % CI over seeds, in %; "not run" where no record."""
+from __future__ import annotations
+
+import itertools
+
+import pandas as pd
+
+from bench import paper
+from bench.grids import RECIPE_AXIS, Grid, axis_label
+from bench.report.frames import TEACHER_FIELDS, ok_records, runs_frame, runs_of_grid, runs_of_preset
+from bench.report.numbers import NOT_RUN, fmt_mean_ci
+
+FAMILY_NAMES = {"mvtec": "MVTec AD", "btad": "BTAD"}
+ROWS = ["dataset", "category", "teachers", "recipe"]
+
+
+def _pivot(df: pd.DataFrame, rows: list[str], cols: list[str], metric: str) -> pd.DataFrame:
+    if df.empty:
+        return pd.DataFrame()
+    table = df.groupby(rows + cols)[metric].apply(fmt_mean_ci).unstack(cols)
+    table.columns.name = None
+    return table.fillna(NOT_RUN)
+
+
+def _not_run(what: str = "") -> pd.DataFrame:
+    return pd.DataFrame({"status": [NOT_RUN + what]})
+
+
+def _in_order(values, known: list) -> list:
+    """KNOWN (the grid file's values) first, in its order, then any value it does not list."""
+    return [*known, *sorted((v for v in values if v not in known), key=lambda v: (len(str(v)), str(v)))]
+
+
+def _recipe_rank(label: str, grid: Grid) -> int:
+    """A recipe column's place: its recipe's in the file ("paper-mean/200ep" as "paper"), else last."""
+    order = list(grid.axes[RECIPE_AXIS])
+    name = label.split("/")[0].removesuffix("-mean")
+    return order.index(name) if name in order else len(order)
+
+
+def ablation_table(records, grid: str | Grid, metric: str = "image_auroc", datasets=None) -> pd.DataFrame:
+    """The grid's table: one column per combination of its axis values (in the file's order), one
+    row per dataset, category, teachers and recipe (and preset, for a grid of several); a grid
+    without axes has one column per preset."""
+    grid = grid if isinstance(grid, Grid) else Grid.load(grid)
+    df = runs_of_grid(runs_frame(records, datasets), grid)
+    if df.empty:
+        return _not_run()
+    rows = [r for r in ROWS if not (r == "recipe" and RECIPE_AXIS in grid.axes)
+            and not (r == "teachers" and set(grid.axes) & set(TEACHER_FIELDS))]
+    columns: dict[str, list[str]] = {}
+    for axis, values in grid.variant_axes.items():
+        labels = df[f"v.{axis}"].map(lambda x, a=axis: f"{a}={axis_label(x)}")
+        df = df.assign(**{axis: labels})
+        columns[axis] = _in_order(set(labels), [f"{axis}={axis_label(v)}" for v in values])
+    if RECIPE_AXIS in grid.axes:
+        columns[RECIPE_AXIS] = sorted(set(df.recipe), key=lambda label: (_recipe_rank(label, grid), label))
+    if not columns:
+        columns["base"] = list(grid.bases)
+    elif len(grid.bases) > 1:
+        rows.insert(2, "base")
+    table = _pivot(df, rows, list(columns), metric)
+    order = list(itertools.product(*columns.values())) if len(columns) > 1 else next(iter(columns.values()))
+    return table.reindex(columns=pd.MultiIndex.from_tuples(order) if len(columns) > 1 else order,
+                         fill_value=NOT_RUN)
+
+
+def table1_layers(records, datasets=None) -> pd.DataFrame:
+    """Mean image AUROC per dataset for the layers grid's sets of teacher layers (reduced student)."""
+    grid = Grid.load("layers")
+    df = runs_of_grid(runs_frame(records, datasets), grid)
+    if df.empty:
+        return _not_run()
+    known = ["layers " + axis_label(v) for v in grid.axes["layers"]]
+    df = df.assign(layers=df["v.layers"].map(lambda t: "layers " + axis_label(t)))
+    # dataset mean over its categories per seed, then mean ± CI over seeds
+    per_seed = df.groupby(["dataset", "teachers", "recipe", "layers", "seed"])["image_auroc"].mean().reset_index()
+    table = _pivot(per_seed, ["dataset", "teachers", "recipe"], ["layers"], "image_auroc")
+    return table.reindex(columns=_in_order(set(table.columns), known), fill_value=NOT_RUN)
+
+
+def _paper_column(index: pd.Index, datasets: pd.Index, table: pd.DataFrame, column: str, family: str) -> list[str]:
+    """The paper's value where our row is the paper's dataset and category, else say why there is none."""
+    out = []
+    for ds, cat in zip(datasets, index):
+        comparable = family in str(ds).lower().replace("btech", "btad") and cat in table.index
+        out.append(f"{table.loc[cat, column]:.1f}" if comparable else f"n/a (paper: {FAMILY_NAMES[family]} only)")
+    return out
+
+
+def _method_table(records, methods, metric, datasets, paper_table, paper_col, family="mvtec") -> pd.DataFrame:
+    runs = runs_frame(records, datasets)
+    frames = [f for f in (runs_of_preset(runs, m) for m in methods) if not f.empty]
+    if not frames:
+        return _not_run()
+    df = pd.concat(frames)
+    df = df.assign(column=df["method"] + " · " + df["teachers"] + " · " + df["recipe"])
+    table = _pivot(df, ["dataset", "category"], ["column"], metric)
+    for m in methods:  # a method with no record still gets its column
+        if not any(c.startswith(m + " ·") for c in table.columns):
+            table[f"{m} · {NOT_RUN}"] = NOT_RUN
+    if paper_col:
+        table[f"{paper.SOURCE}: {paper_col}"] = _paper_column(table.index.get_level_values("category"),
+                                                              table.index.get_level_values("dataset"),
+                                                              paper_table, paper_col, family)
+    return table
+
+
+def table2_reduced(records, datasets=None) -> pd.DataFrame:
+    return _method_table(records, ("reduced", "stpm"), "image_auroc", datasets, paper.TABLE2, "reduced")
+
+
+def table4_mixed(records, datasets=None) -> pd.DataFrame:
+    return _method_table(records, ("mixed", "reduced", "stpm"), "image_auroc", datasets, paper.TABLE4, "mixed")
+
+
+AUPRO_TITLE = "AUPRO (FPR <= 0.3; the paper reports none)"
+
+
+def table5_pixel(records, datasets=None) -> dict[str, pd.DataFrame]:
+    methods = ("mixed", "reduced", "stpm")
+    return {"pixel AUROC": _method_table(records, methods, "pixel_auroc", datasets, paper.TABLE5, "mixed"),
+            AUPRO_TITLE: _method_table(records, methods, "aupro", datasets, paper.TABLE5, None)}
+
+
+def table6_btad(records) -> pd.DataFrame:
+    btad = sorted({r.dataset for r in ok_records(records) if "btad" in r.dataset.lower()
+                   or "btech" in r.dataset.lower()})
+    if not btad:
+        return pd.DataFrame({"ours": [NOT_RUN + " (no BTAD records: BTAD is not on this machine)"],
+                             f"{paper.SOURCE}: mixed": [f"{paper.TABLE6.loc['01', 'mixed']:.1f}"],
+                             f"{paper.SOURCE}: FastFlow": [f"{paper.TABLE6.loc['01', 'FastFlow']:.1f}"]},
+                            index=pd.Index(["BTAD 01"], name="category"))
+    return _method_table(records, ("mixed", "reduced"), "image_auroc", btad, paper.TABLE6, "mixed", family="btad")
+
+
+def paper_table(number: int) -> pd.DataFrame:
+    """The paper's table as printed, with its mean row where it has one, clearly captioned."""
+    tables = {1: (paper.TABLE1, None), 2: (paper.TABLE2, paper.TABLE2_MEAN), 3: (paper.TABLE3, None),
+              4: (paper.TABLE4, paper.TABLE4_MEAN), 5: (paper.TABLE5, paper.TABLE5_MEAN), 6: (paper.TABLE6, None)}
+    table, mean = tables[number]
+    table = table.copy()
+    if mean:
+        table.loc["mean"] = pd.Series(mean)
+    table.columns = [f"{c}" for c in table.columns]
+    return table
+
