@@ -155,7 +155,7 @@ def _print_records(title, records):
     for p, b in records.items():
         r = json.loads(b)
         print(f"  {p.name:<48} {r['status']:<7} sha256 {hashlib.sha256(b).hexdigest()[:12]}"
-              f"  {r.get('slurm', {}).get('state') or ''}")
+              f"  {(r.get('slurm') or {}).get('state') or ''}")
 
 
 def test_array_respects_the_cap_and_survives_scancel_then_rerun(tiny, cluster, tmp_path):
