@@ -26,7 +26,7 @@ def branch_maps(detector: Detector, images: torch.Tensor, device="cpu", batch_si
     detector.eval().to(device)
     chunks = [detector.branch_maps(to_unit_float(images[i:i + batch_size], device))
               for i in range(0, len(images), batch_size)]
-    return [torch.cat([c[b].cpu() for c in chunks]) for b in range(len(detector.branches))]
+    return [torch.cat([c[b].cpu() for c in chunks]) for b in range(len(chunks[0]))]
 
 
 def score_and_measure(detector: Detector, parts: list[torch.Tensor], labels: np.ndarray, masks: np.ndarray,
@@ -43,5 +43,5 @@ def score_and_measure(detector: Detector, parts: list[torch.Tensor], labels: np.
     if not np.isfinite(scores).all():
         raise FloatingPointError("the detector produced non-finite anomaly scores")
     return Evaluation(all_metrics(labels, scores, masks, maps), scores, maps,
-                      {n: p.numpy() for n, p in zip(BRANCH_NAMES, parts)})
+                      {n: p.numpy() for n, p in zip(getattr(detector, "part_names", BRANCH_NAMES), parts)})
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from bench.data import DataError, detect_layout
 from bench.env import check_device
+from bench.peers import check_peers
 from bench.errors import BenchError, UsageError
 from bench.run import Job, run_job, write_failure
 from bench.slurm import SlurmOptions, run_array
@@ -298,6 +299,7 @@ def run_grid(jobs: list[Job], results: str | Path = "results", device: str = "cp
     _clean_partial_files(results)
     todo = [j for j in jobs if force or not is_done(j, results)]
     check_weights(todo, weights)
+    check_peers(j.variant for j in todo)
     if force:  # recompute means retrain too, not reuse a student trained by older code
         for path in {j.checkpoint_path(results) for j in todo}:
             path.unlink(missing_ok=True)

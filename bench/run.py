@@ -19,7 +19,7 @@ from bench.evaluate import branch_maps, score_and_measure
 from bench.metrics import METRIC_SETTINGS
 from bench.store import write_json_atomic
 from bench.train import fit, get_recipe, seed_everything
-from bench.variants import Variant
+from bench.variants import ONE_PASS_METHODS, Variant
 
 SCHEMA_VERSION = 1
 N_EXAMPLES = 4          # test images whose maps are kept beside the record (seed 0 only)
@@ -39,6 +39,8 @@ class Job:
 
     @property
     def n_epochs(self) -> int:
+        if self.variant.method in ONE_PASS_METHODS:  # a memory bank is one pass, whatever the recipe or --epochs
+            return 1
         return self.epochs if self.epochs is not None else get_recipe(self.recipe).epochs_for(self.variant.method)
 
     @property
@@ -100,8 +102,9 @@ def _train_or_reuse(job: Job, detector, split, images, device, results, progress
     train_idx, val_idx = data_mod.train_val_indices(len(split.train), job.seed, recipe.val_fraction)
     if recipe.max_train_images and len(train_idx) > recipe.max_train_images:
         train_idx = sorted(random.Random(job.seed).sample(train_idx, recipe.max_train_images))
-    summary = fit(detector, images[train_idx], images[val_idx], recipe, job.n_epochs,
-                  job.seed, device=device, progress=progress, desc=job.describe())
+    learn = getattr(detector, "fit_fn", fit)  # a peer that learns without gradients (PatchCore) brings its own
+    summary = learn(detector, images[train_idx], images[val_idx], recipe, job.n_epochs,
+                    job.seed, device=device, progress=progress, desc=job.describe())
     summary = {**dataclasses.asdict(summary), "n_train": len(train_idx), "n_val": len(val_idx)}
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     tmp = ckpt.with_suffix(".tmp")
@@ -178,6 +181,7 @@ def run_job(job: Job, results: str | Path = "results", device: str = "cpu",
         "map_path": detector.effective_map_path,   # absent in older records: they were `exact`
         "train": _LAST["train"],
         "teachers": teacher_sources(detector),
+        **({"implementation": detector.implementation} if hasattr(detector, "implementation") else {}),
         "layout": split.layout,
         "n_test": len(split.test), "n_test_defective": int(labels.sum()),
         "test": {"labels": labels.tolist(), "scores": ev.scores.tolist(),
