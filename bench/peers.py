@@ -277,7 +277,9 @@ class PatchcorePeer(PeerDetector):
         n = sum(len(e) for e in model.embedding_store)
         embedded = time.perf_counter()
         seed_everything(seed)   # KCenterGreedy's start point and projection: torch's and numpy's generators
-        model.subsample_embedding(detector.variant.coreset_ratio)
+        with warnings.catch_warnings():  # its deprecation of an argument we do not pass
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model.subsample_embedding(detector.variant.coreset_ratio)
         model.eval()
         done = time.perf_counter()
         return MemoryBankSummary(1, 1, n, len(model.memory_bank), detector.variant.coreset_ratio, seed,

@@ -98,8 +98,13 @@ def select(df: pd.DataFrame, base: str, free: tuple[str, ...] = ()) -> pd.DataFr
         if k in TEACHER_FIELDS or k in free:
             continue
         val = tuple(val) if isinstance(val, list) else val
-        mask &= df[f"v.{k}"].apply(lambda x, val=val: x == val)
+        mask &= df[f"v.{k}"].apply(lambda x, val=val: x == val or (val is None and _is_nan(x)))
     return df[mask]
+
+
+def _is_nan(x) -> bool:
+    """A field that is None in a record reads back as NaN where other rows hold numbers (coreset_ratio)."""
+    return isinstance(x, float) and np.isnan(x)
 
 
 def _pivot(df: pd.DataFrame, rows: list[str], cols: list[str], metric: str) -> pd.DataFrame:
@@ -132,36 +137,91 @@ def table1_layers(records, datasets=None) -> pd.DataFrame:
     return _pivot(per_seed, ["dataset", "teachers", "recipe"], ["levels"], "image_auroc")[order]
 
 
-def _method_table(records, methods, metric, datasets, paper_table, paper_col, family="mvtec") -> pd.DataFrame:
-    frames = [select(runs_frame(records, datasets), m) for m in methods]
+# Peers measured here (anomalib's, in the same harness), and the paper's column each stands beside.
+PEERS = ("anomalib-stfpm", "anomalib-patchcore")
+PAPER_PEER = {"anomalib-stfpm": "STPM", "anomalib-patchcore": "PatchCore"}
+# Fields a method's column may vary and names in its label: PatchCore's coreset is the CPU's choice.
+FREE = {"anomalib-patchcore": ("coreset_ratio",)}
+
+
+def _reading(row) -> str:
+    """What a column's numbers were scored with: every method keeps its own image score."""
+    coreset = f"coreset {row['v.coreset_ratio']:g} · " if row["method"] == "anomalib-patchcore" else ""
+    return f"{coreset}score {row['v.score']}"
+
+
+def _method_table(records, methods, metric, datasets, paper_table, paper_cols, family="mvtec") -> pd.DataFrame:
+    frames = [select(runs_frame(records, datasets), m, free=FREE.get(m, ())) for m in methods]
     df = pd.concat([f for f in frames if not f.empty]) if any(not f.empty for f in frames) else pd.DataFrame()
     if df.empty:
         return pd.DataFrame({"status": [NOT_RUN]})
-    df = df.assign(column=df["method"] + " · " + df["teachers"] + " · " + df["recipe"])
+    df = df.assign(column=df["method"] + " · " + df["teachers"] + " · " + df["recipe"] + " · "
+                   + df.apply(_reading, axis=1))
     table = _pivot(df, ["dataset", "category"], ["column"], metric)
     for m in methods:  # a method with no record still gets its column
         if not any(c.startswith(m + " ·") for c in table.columns):
             table[f"{m} · {NOT_RUN}"] = NOT_RUN
-    if paper_col:
-        table[f"{paper.SOURCE}: {paper_col}"] = _paper_column(table.index.get_level_values("category"),
-                                                              table.index.get_level_values("dataset"),
-                                                              paper_table, paper_col, family)
+    for col in paper_cols:
+        table[f"{paper.SOURCE}: {col}"] = _paper_column(table.index.get_level_values("category"),
+                                                        table.index.get_level_values("dataset"),
+                                                        paper_table, col, family)
     return table
 
 
+def _paper_peers(table: pd.DataFrame) -> tuple[str, ...]:
+    return tuple(PAPER_PEER[p] for p in PEERS if PAPER_PEER[p] in table.columns)
+
+
 def table2_reduced(records, datasets=None) -> pd.DataFrame:
-    return _method_table(records, ("reduced", "stpm"), "image_auroc", datasets, paper.TABLE2, "reduced")
+    return _method_table(records, ("reduced", "stpm", *PEERS), "image_auroc", datasets, paper.TABLE2,
+                         ("reduced", *_paper_peers(paper.TABLE2)))
 
 
 def table4_mixed(records, datasets=None) -> pd.DataFrame:
-    return _method_table(records, ("mixed", "reduced", "stpm"), "image_auroc", datasets, paper.TABLE4, "mixed")
+    return _method_table(records, ("mixed", "reduced", "stpm", *PEERS), "image_auroc", datasets, paper.TABLE4,
+                         ("mixed", *_paper_peers(paper.TABLE4)))
 
 
 def table5_pixel(records, datasets=None) -> dict[str, pd.DataFrame]:
-    return {"pixel AUROC": _method_table(records, ("mixed", "reduced", "stpm"), "pixel_auroc", datasets,
-                                         paper.TABLE5, "mixed"),
+    methods = ("mixed", "reduced", "stpm", *PEERS)
+    return {"pixel AUROC": _method_table(records, methods, "pixel_auroc", datasets, paper.TABLE5,
+                                         ("mixed", *_paper_peers(paper.TABLE5))),
             "AUPRO (FPR <= 0.3; the paper reports none)": _method_table(
-                records, ("mixed", "reduced", "stpm"), "aupro", datasets, paper.TABLE5, None)}
+                records, methods, "aupro", datasets, paper.TABLE5, ())}
+
+
+def parity_table(records, datasets=None) -> pd.DataFrame:
+    """Our STPM against anomalib's STFPM (same teacher, levels, recipe, images) under each reading of
+    the map (levels summed or multiplied, blur, image score): mean ± 95 % CI over seeds for each,
+    and their difference paired by seed (same split, same training images and batch order; only
+    the student's initial weights differ). `same within CI` where that interval holds 0."""
+    df = runs_frame(records, datasets)
+    sides = {"STPM (ours)": select(df, "stpm", free=("blur_sigma", "score")),
+             "anomalib STFPM": select(df, "anomalib-stfpm", free=("blur_sigma", "score", "map_weighting"))}
+    sides = {k: v for k, v in sides.items() if not v.empty}
+    if len(sides) < 2:
+        return pd.DataFrame({"status": [NOT_RUN + " (the parity grid: invoke ablate --grid parity)"]})
+    keys = ["dataset", "category", "teachers", "recipe", "levels", "blur", "score"]
+    frames = []
+    for side, g in sides.items():
+        levels = g["v.map_weighting"].map({"product": "multiplied (anomalib)", "plain": "summed (Eq. 9-10)",
+                                           "area": "area-weighted sum"})
+        frames.append(g.assign(side=side, levels=levels, blur=g["v.blur_sigma"], score=g["v.score"]))
+    both = pd.concat(frames)
+    rows = []
+    for key, g in both.groupby(keys, sort=True):
+        for metric in METRICS:
+            per = {side: s.set_index("seed")[metric] for side, s in g.groupby("side")}
+            row = dict(zip(keys, key), metric=metric,
+                       **{side: fmt_mean_ci(per[side]) if side in per else "—" for side in sides})
+            if len(per) == 2:
+                diff = (per["anomalib STFPM"] - per["STPM (ours)"]).dropna()
+                half = ci95(diff)
+                row["Δ anomalib − ours (paired)"] = fmt_mean_ci(diff)
+                row["verdict"] = ("one seed" if np.isnan(half) else
+                                  "same within CI" if abs(diff.mean()) <= half else "differs")
+            rows.append(row)
+    return pd.DataFrame(rows).set_index([*keys, "metric"]).fillna("—")
 
 
 def table6_btad(records) -> pd.DataFrame:
@@ -172,7 +232,7 @@ def table6_btad(records) -> pd.DataFrame:
                              f"{paper.SOURCE}: mixed": [f"{paper.TABLE6.loc['01', 'mixed']:.1f}"],
                              f"{paper.SOURCE}: FastFlow": [f"{paper.TABLE6.loc['01', 'FastFlow']:.1f}"]},
                             index=pd.Index(["BTAD 01"], name="category"))
-    return _method_table(records, ("mixed", "reduced"), "image_auroc", btad, paper.TABLE6, "mixed", family="btad")
+    return _method_table(records, ("mixed", "reduced"), "image_auroc", btad, paper.TABLE6, ("mixed",), family="btad")
 
 
 def paper_table(number: int) -> pd.DataFrame:
@@ -357,7 +417,8 @@ def is_canonical(record: dict) -> bool:
     """The run is its method's preset, up to the teachers it had."""
     preset = PRESETS[record["method"]].fields()
     fields = variant_from_fields(record["variant"]).fields()  # older records lack later fields
-    return all(fields[k] == v for k, v in preset.items() if k not in TEACHER_FIELDS)
+    free = (*TEACHER_FIELDS, *FREE.get(record["method"], ()))
+    return all(fields[k] == v for k, v in preset.items() if k not in free)
 
 
 def gallery_picks(records, datasets=None, path_part: str = "") -> list[dict]:
