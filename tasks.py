@@ -207,7 +207,6 @@ def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, re
             "peers": "also time anomalib's STFPM when installed", "rounds": "interleaved rounds per cell (>= 2)",
             "iters": "iterations per round (>= 1; default: CUDA 50; CPU enough for ~0.4 s)",
             "warmup": "warm-up iterations (>= 0)", "threads": "CPU threads (default: all cores; recorded)",
-            "map_paths": "lean,exact: which anomaly-map paths to time side by side (default lean)",
             "backends": "eager,onnxruntime: also export to ONNX and time ONNX Runtime (CPU) in the same rounds",
             "results": "results folder",
             "grid": "also time every distinct architecture of this grid (layers, pooling, teachers...)",
@@ -216,7 +215,7 @@ def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, re
 @_boundary
 def timing(c, device="cpu", variants=None, batch_sizes=None, precisions=None, precision_mode="cast", scopes=None,
            compile=False, channels_last=False, no_cuda_graphs=False, peers=True, rounds=None, iters=None,
-           warmup=None, threads=None, map_paths="lean", backends="eager", results="results", grid=None, set=None):
+           warmup=None, threads=None, backends="eager", results="results", grid=None, set=None):
     """Latency and throughput, subjects side by side in interleaved rounds; one record per case in
     results/timing/; exits 1 if any case failed."""
     from bench.grid import parse_overrides, split_items
@@ -235,8 +234,7 @@ def timing(c, device="cpu", variants=None, batch_sizes=None, precisions=None, pr
                          batch_sizes=batch_sizes, precisions=_csv(precisions), precision_mode=precision_mode,
                          scopes=_csv(scopes), compile=compile, channels_last=channels_last,
                          cuda_graphs=False if no_cuda_graphs else None, peers=peers, rounds=rounds,
-                         iters=iters, warmup=warmup, threads=threads, map_paths=tuple(_csv(map_paths) or ("lean",)),
-                         backends=tuple(_csv(backends) or ("eager",)), results=results)
+                         iters=iters, warmup=warmup, threads=threads, backends=tuple(_csv(backends) or ("eager",)), results=results)
     failed = [r for r in records if r.get("status") == "failed"]
     if failed:
         first = failed[0]

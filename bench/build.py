@@ -11,7 +11,7 @@ def build_detector(variant: Variant, weights: dict[str, str] | None = None) -> D
         from bench.peers import build_peer
         return build_peer(variant, weights)
     branches = [Branch(Teacher(variant.teacher, variant.layers, variant.teacher_init, weights),
-                       variant.student, variant.pooling)]
+                       variant.student, variant.pooling, variant.pool_stem)]
     if variant.teacher2:
         # The second teacher's deep, coarse layers are matched at their own resolution (§4.2: "without pooling").
         branches.append(Branch(Teacher(variant.teacher2, variant.layers2, variant.teacher2_init, weights),

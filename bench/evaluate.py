@@ -16,32 +16,34 @@ class Evaluation:
     metrics: dict
     scores: np.ndarray       # (N,)
     maps: np.ndarray         # (N,H,W) float32, final blurred maps
-    parts: dict              # branch name -> (N,H,W) float32 maps before fusion and blur
+    levels: dict             # branch name -> its Eq. 2 maps, one (N,h,w) tensor per level
 
 
 @torch.no_grad()
-def branch_maps(detector: Detector, images: torch.Tensor, device="cpu", batch_size: int = 16) -> list[torch.Tensor]:
-    """Each branch's map over the whole test set, on the host. Everything after this point depends
-    only on evaluation-time fields (fusion, blur, score), so sibling variants can share it."""
+def branch_maps(detector: Detector, images: torch.Tensor, device="cpu", batch_size: int = 16) -> list[list[torch.Tensor]]:
+    """Each branch's level maps (Detector.branch_maps) over the whole test set, on the host. Everything
+    after this point depends only on evaluation-time fields (fusion, blur, score), so sibling variants
+    can share it."""
     detector.eval().to(device)
     chunks = [detector.branch_maps(to_unit_float(images[i:i + batch_size], device))
               for i in range(0, len(images), batch_size)]
-    return [torch.cat([c[b].cpu() for c in chunks]) for b in range(len(chunks[0]))]
+    return [[torch.cat([c[b][lv].cpu() for c in chunks]) for lv in range(len(chunks[0][b]))]
+            for b in range(len(chunks[0]))]
 
 
-def score_and_measure(detector: Detector, parts: list[torch.Tensor], labels: np.ndarray, masks: np.ndarray,
+def score_and_measure(detector: Detector, branches: list[list[torch.Tensor]], labels: np.ndarray, masks: np.ndarray,
                       batch_size: int = 64) -> Evaluation:
-    """Branch maps -> scores and full-size maps (Detector.score_maps, as predict) -> metrics."""
+    """Branch level maps -> scores and full-size maps (Detector.score_maps, as predict) -> metrics."""
     scores, maps = [], []
     size = tuple(masks.shape[-2:])
-    for i in range(0, len(parts[0]), batch_size):
-        s, m = detector.score_maps([p[i:i + batch_size] for p in parts], size)
+    for i in range(0, len(masks), batch_size):
+        s, m = detector.score_maps([[lv[i:i + batch_size] for lv in levels] for levels in branches], size)
         scores.append(s.numpy())
         maps.append(m.numpy())
     scores = np.concatenate(scores).astype(np.float64)
     maps = np.concatenate(maps).astype(np.float32)
     if not np.isfinite(scores).all():
         raise FloatingPointError("the detector produced non-finite anomaly scores")
-    return Evaluation(all_metrics(labels, scores, masks, maps), scores, maps,
-                      {n: p.numpy() for n, p in zip(getattr(detector, "part_names", BRANCH_NAMES), parts)})
-
+    # a peer's further parts are no maps (PatchCore's own image scores): its part_names leave them out
+    names = getattr(detector, "part_names", BRANCH_NAMES)
+    return Evaluation(all_metrics(labels, scores, masks, maps), scores, maps, dict(zip(names, branches)))

@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 
 # (numerator, denominator) by subject name before any '@map-path' suffix
-PAIRS = (("reduced", "stpm"), ("reduced", "anomalib-stfpm"), ("stpm", "anomalib-stfpm"), ("mixed", "reduced"))
+PAIRS = (("reduced", "stpm"), ("reduced", "anomalib-stfpm"), ("stpm", "anomalib-stfpm"), ("mixed", "reduced"),
+         # anomalib's inference as its users run it (TorchInferencer: pre-processor, model, post-processor)
+         ("reduced", "anomalib-stfpm[inferencer]"), ("stpm", "anomalib-stfpm[inferencer]"))
 CELL_KEYS = ("run_id", "scope", "batch_size", "precision", "channels_last", "compile", "cuda_graphs")
 
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from bench.backbones import WeightsError, _load_pretrained, level_names, resolve_weights
 from bench.data import to_unit_float
-from bench.detector import Prediction, features_map, gaussian_blur, image_score
+from bench.detector import Detector, Prediction, gaussian_blur, image_score, level_maps, upsample_sum
 from bench.errors import BenchError
 from bench.variants import PEERS, Variant
 
@@ -137,41 +137,23 @@ class _MemoryBank(nn.Module):
         self._model[0].memory_bank = state["memory_bank"].to(bank.device, bank.dtype)
 
 
-class PeerDetector(nn.Module):
-    """An anomalib model in the suite's harness. Its maps are at the image size; the suite's blur
-    (blur_sigma, 0 for both presets) and image score (score) apply after them, as evaluation."""
+class PeerDetector(Detector):
+    """An anomalib model in the suite's harness, as a Detector of one branch: the suite's evaluation
+    (blur_sigma, score; Detector.score_maps) applies to the maps the peer gives, as it does to ours."""
 
     part_names = ("main",)       # branch_maps' further parts (PatchCore's own scores) are no maps
 
     def __init__(self, variant: Variant, model: nn.Module, branch: _Branch, mean, std):
-        super().__init__()
+        super().__init__([branch], score=variant.score, blur_sigma=variant.blur_sigma)
         self.variant, self.model = variant, model
-        self.branches = nn.ModuleList([branch])
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
-        self.score, self.blur_sigma = variant.score, variant.blur_sigma
-        self.map_path = "exact"
         self.implementation = {"package": "anomalib", "version": anomalib_version(),
                                "input_normalisation": {"mean": mean.flatten().tolist(), "std": std.flatten().tolist(),
                                                        "from": f"timm pretrained_cfg of {variant.teacher}"}}
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
-
-    @property
-    def effective_map_path(self) -> str:
-        return "anomalib" if self.anomalib_map else "exact"
-
-    def score_maps(self, parts: list[torch.Tensor], size: tuple[int, int],
-                   full_size: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = gaussian_blur(parts[0], self.blur_sigma)
-        return (parts[1] if self.score == "native" else image_score(maps, self.score)), maps
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, full_size: bool = True) -> Prediction:
-        parts = self.branch_maps(x)
-        scores, maps = self.score_maps(parts, tuple(x.shape[-2:]))
-        return Prediction(scores, maps, {"main": parts[0]})
 
 
 class StfpmPeer(PeerDetector):
@@ -186,10 +168,10 @@ class StfpmPeer(PeerDetector):
         mean, std = load_teacher(model.teacher_model, variant, weights)
         super().__init__(variant, model, _Branch(model.teacher_model, model.student_model), mean, std)
         self.criterion = STFPMLoss()
-        self.anomalib_map = variant.map_weighting == "product"
         self.implementation.update(model="anomalib.models.image.stfpm.torch_model.STFPMModel",
                                    loss="anomalib.models.image.stfpm.loss.STFPMLoss (per image)",
-                                   anomaly_map="anomalib's AnomalyMapGenerator (levels multiplied)" if self.anomalib_map
+                                   anomaly_map="anomalib's AnomalyMapGenerator (levels multiplied)"
+                                   if variant.map_weighting == "product"
                                    else f"the suite's Eq. 9-10 ({variant.map_weighting}) on anomalib's features")
 
     def student_parameters(self):
@@ -210,13 +192,15 @@ class StfpmPeer(PeerDetector):
                                            {i: s[b:b + 1] for i, s in enumerate(fs)}) for b in range(len(x))])
 
     @torch.no_grad()
-    def branch_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def branch_maps(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        """anomalib's map (its levels upsampled and multiplied) as one level at the image size, or the
+        suite's Eq. 2 level maps of anomalib's features."""
         ft, fs = self.teacher_features(x)[0], self.student_features(x)
-        size = tuple(x.shape[-2:])
-        if self.anomalib_map:
-            return [self.model.anomaly_map_generator(teacher_features=dict(enumerate(ft)),
-                                                     student_features=dict(enumerate(fs)), image_size=size).squeeze(1)]
-        return [features_map(ft, fs, size, self.variant.map_weighting)]
+        if self.variant.map_weighting == "product":
+            return [[self.model.anomaly_map_generator(teacher_features=dict(enumerate(ft)),
+                                                      student_features=dict(enumerate(fs)),
+                                                      image_size=tuple(x.shape[-2:])).squeeze(1)]]
+        return [level_maps(ft, fs, self.variant.map_weighting)]
 
 
 @dataclass
@@ -243,7 +227,6 @@ class PatchcorePeer(PeerDetector):
         model = PatchcoreModel(layers=list(variant.layers), backbone=variant.teacher, pre_trained=False)
         mean, std = load_teacher(model.feature_extractor, variant, weights)
         super().__init__(variant, model, _Branch(model.feature_extractor, _MemoryBank(model)), mean, std)
-        self.anomalib_map = True
         self.implementation.update(model="anomalib.models.image.patchcore.torch_model.PatchcoreModel",
                                    coreset="anomalib.models.components.KCenterGreedy (seeded from the run's seed)",
                                    num_neighbors=model.num_neighbors,
@@ -254,11 +237,22 @@ class PatchcorePeer(PeerDetector):
         return []
 
     @torch.no_grad()
-    def branch_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """[anomalib's map (B,H,W), anomalib's own image scores (B,)]."""
+    def branch_maps(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        """[[anomalib's map (B,H,W)], [anomalib's own image scores (B,)]]: a second part that is no map."""
         self.model.eval()
         out = self.model(self.normalize(x))
-        return [out.anomaly_map.squeeze(1), out.pred_score.reshape(-1)]
+        return [[out.anomaly_map.squeeze(1)], [out.pred_score.reshape(-1)]]
+
+    def score_maps(self, branches: list[list[torch.Tensor]], size: tuple[int, int],
+                   full_size: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        maps = gaussian_blur(upsample_sum(branches[0], size), self.blur_sigma)
+        return (branches[1][0] if self.score == "native" else image_score(maps, self.score)), maps
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, full_size: bool = True) -> Prediction:
+        parts = self.branch_maps(x)
+        scores, maps = self.score_maps(parts, tuple(x.shape[-2:]), full_size)
+        return Prediction(scores, maps, {"main": parts[0]})
 
     @staticmethod
     def fit_fn(detector: PatchcorePeer, train_images: torch.Tensor, val_images: torch.Tensor, recipe, epochs: int,

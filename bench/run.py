@@ -14,6 +14,7 @@ import torch
 
 from bench import data as data_mod
 from bench.build import build_detector, teacher_sources
+from bench.detector import MAP_PATH, upsample_sum
 from bench.env import git_revision, hardware, software
 from bench.evaluate import branch_maps, score_and_measure
 from bench.metrics import METRIC_SETTINGS
@@ -120,10 +121,9 @@ def _examples(job: Job, split, test_images, masks, ev, path: Path) -> str | None
     labels = np.array([s.label for s in split.test])
     defective, good = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     pick = np.r_[defective[np.linspace(0, len(defective) - 1, N_EXAMPLES - 1).astype(int)], good[:1]]
-    def small(t):  # area when shrinking; a lean branch map (64 px for STPM) is enlarged bilinearly
+    def small(t):
         t = t.float().unsqueeze(1) if t.dim() == 3 else t.float()
-        mode = "area" if t.shape[-1] >= EXAMPLE_SIZE else "bilinear"
-        return torch.nn.functional.interpolate(t, size=EXAMPLE_SIZE, mode=mode)
+        return torch.nn.functional.interpolate(t, size=EXAMPLE_SIZE, mode="area")
     arrays = {
         "image": small(test_images[pick]).round().byte().numpy(),
         "mask": (small(torch.from_numpy(masks[pick])).squeeze(1) > 0.5).numpy(),
@@ -131,8 +131,8 @@ def _examples(job: Job, split, test_images, masks, ev, path: Path) -> str | None
         "score": ev.scores[pick], "label": labels[pick],
         "name": np.array([f"{split.test[i].defect}/{split.test[i].path.name}" for i in pick]),
     }
-    for name, part in ev.parts.items():
-        arrays[f"map_{name}"] = small(torch.from_numpy(part[pick])).squeeze(1).half().numpy()
+    for name, levels in ev.levels.items():   # each branch's Eq. 9-10 map before fusion and blur
+        arrays[f"map_{name}"] = upsample_sum([lv[pick] for lv in levels], (EXAMPLE_SIZE,) * 2).half().numpy()
     out = path.with_suffix(".npz")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
@@ -178,7 +178,7 @@ def run_job(job: Job, results: str | Path = "results", device: str = "cpu",
         "status": "ok",
         "metrics": ev.metrics,
         "metric_settings": METRIC_SETTINGS,
-        "map_path": detector.effective_map_path,   # absent in older records: they were `exact`
+        "map_path": MAP_PATH,   # absent in older records: they were `exact` too
         "train": _LAST["train"],
         "teachers": teacher_sources(detector),
         **({"implementation": detector.implementation} if hasattr(detector, "implementation") else {}),

@@ -56,7 +56,7 @@ def _conv_stages(teacher: Teacher) -> list[tuple[str, nn.Module]]:
     return stages
 
 
-def build_student(kind: str, teacher: Teacher, pooling: bool) -> Trunk:
+def build_student(kind: str, teacher: Teacher, pooling: bool, pool_stem: bool = False) -> Trunk:
     if kind == "copy":
         student = copy.deepcopy(teacher.trunk)
         for p in student.parameters():
@@ -71,7 +71,8 @@ def build_student(kind: str, teacher: Teacher, pooling: bool) -> Trunk:
         stages = cut_stages(model)
     else:
         raise ValueError(f"unknown student {kind!r}; choose one of {STUDENT_KINDS}")
-    if pooling:
-        name, module = stages[1]
-        stages[1] = (name, nn.Sequential(nn.MaxPool2d(2), module))
+    if pooling:  # the 2x max-pool at the stem's exit when the stem level is pooled too, else at stage 2's entry
+        at = 0 if pool_stem else 1
+        name, module = stages[at]
+        stages[at] = (name, nn.Sequential(module, nn.MaxPool2d(2)) if pool_stem else nn.Sequential(nn.MaxPool2d(2), module))
     return Trunk(stages, teacher.taps).train()

@@ -19,6 +19,7 @@ initialised here (recorded as such).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -39,6 +40,7 @@ from tqdm.auto import tqdm
 
 from bench.build import build_detector
 from bench.data import to_unit_float
+from bench.detector import MAP_PATH
 from bench.env import check_device, git_revision, hardware, software
 from bench.errors import UsageError
 from bench.store import write_json_atomic
@@ -67,7 +69,7 @@ class Subject:
     variant: Variant | None = None
     floor: str | None = None   # a detector's teacher-alone subject
     map_path: str | None = None
-    backend: str = "eager"     # "eager" (PyTorch) or "onnxruntime"
+    backend: str = "eager"     # "eager" (PyTorch), "onnxruntime", or "inferencer" (anomalib's TorchInferencer)
     export_check: dict | None = None   # exported model against PyTorch (max abs difference)
 
 
@@ -86,7 +88,7 @@ class _Teachers(nn.Module):
         return [t(x) for t in self.teachers]
 
 
-def build_subjects(named: list[tuple[str, Variant]], map_paths=("lean",), peers: bool = True,
+def build_subjects(named: list[tuple[str, Variant]], peers: bool = True,
                    device: torch.device = torch.device("cpu"), backends=("eager",), threads: int | None = None,
                    image_size: int = 256, export_dir: Path | None = None) -> list[Subject]:
     subjects, seen = [], set()
@@ -97,21 +99,20 @@ def build_subjects(named: list[tuple[str, Variant]], map_paths=("lean",), peers:
         if floor not in seen:
             seen.add(floor)
             subjects.append(Subject(floor, "teacher", _Teachers(det)))
-        for path in map_paths:
-            d = copy.deepcopy(det) if path != map_paths[0] else det
-            d.map_path = path
-            label = name if len(map_paths) == 1 else f"{name}@{path}"
-            key = (v.arch_key, d.effective_map_path)
-            if key in seen:  # same architecture, same cost: time it once (mixed has one map path)
-                continue
-            seen.add(key)
-            subjects.append(Subject(label, "detector", d, v, floor, d.effective_map_path))
-            if "onnxruntime" in backends:
+            if "onnxruntime" in backends:  # an exported detector's floor is its teachers exported alike
                 subjects.append(onnx_subject(subjects[-1], image_size, threads, export_dir))
+        if v.arch_key in seen:  # same architecture, same cost: time it once
+            continue
+        seen.add(v.arch_key)
+        subjects.append(Subject(name, "detector", det, v, floor, MAP_PATH))
+        if "onnxruntime" in backends:
+            subjects.append(onnx_subject(subjects[-1], image_size, threads, export_dir, f"{floor}[ort]"))
     if peers:
         peer = _peer_stfpm(device)
         if peer is not None:
             subjects.append(Subject("anomalib-stfpm", "peer", peer))
+            inferencer = _peer_inferencer(device, export_dir)
+            subjects.append(Subject("anomalib-stfpm[inferencer]", "peer", inferencer, backend="inferencer"))
     return subjects
 
 
@@ -127,9 +128,21 @@ class _MapModule(nn.Module):
         return pred.scores, pred.maps
 
 
-def onnx_subject(s: Subject, image_size: int, threads: int | None, export_dir: Path | None) -> Subject:
-    """The detector's map scope exported to ONNX and run by ONNX Runtime (CPU), as inspection
-    engineers deploy it; its maps checked against PyTorch's on one random batch."""
+class _FeaturesModule(nn.Module):
+    """Teachers alone as a plain forward (their features, flattened into one tuple), for export."""
+
+    def __init__(self, teachers):
+        super().__init__()
+        self.teachers = teachers
+
+    def forward(self, x):
+        return tuple(f for fs in self.teachers(x) for f in fs)
+
+
+def onnx_subject(s: Subject, image_size: int, threads: int | None, export_dir: Path | None,
+                 floor: str | None = None) -> Subject:
+    """A detector's map scope (or a floor's teachers) exported to ONNX and run by ONNX Runtime (CPU),
+    as inspection engineers deploy it; its outputs checked against PyTorch's on one random batch."""
     try:
         import onnxruntime as ort
     except ImportError as err:
@@ -138,22 +151,27 @@ def onnx_subject(s: Subject, image_size: int, threads: int | None, export_dir: P
     folder = Path(export_dir or tempfile.mkdtemp(prefix="bench-onnx-"))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{_slug(s.name)}.onnx"
-    module = _MapModule(s.model).eval()
+    teacher = s.role == "teacher"
+    module = (_FeaturesModule(s.model) if teacher else _MapModule(s.model)).eval()
     x = torch.rand(2, 3, image_size, image_size)
     with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(module, (x,), str(path), input_names=["x"], output_names=["scores", "maps"],
-                          dynamic_axes={"x": {0: "batch"}, "scores": {0: "batch"}, "maps": {0: "batch"}},
-                          dynamo=False, opset_version=17)
-        module.eval()   # export restores the wrapper's mode; keep the detector in eval
-        ref_scores, ref_maps = module(x)
+        n_out = len(module(x))
+        names = [f"f{i}" for i in range(n_out)] if teacher else ["scores", "maps"]
+        torch.onnx.export(module, (x,), str(path), input_names=["x"], output_names=names,
+                          dynamic_axes={n: {0: "batch"} for n in ["x", *names]}, dynamo=False, opset_version=17)
+        module.eval()   # export restores the wrapper's mode; keep the model in eval
+        ref = [t.numpy() for t in module(x)]
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    scores, maps = session.run(None, {"x": x.numpy()})
-    check = {"max_abs_diff_maps": float(np.abs(maps - ref_maps.numpy()).max()),
-             "max_rel_diff_scores": float(np.abs(scores - ref_scores.numpy()).max() / np.abs(ref_scores.numpy()).max()),
-             "opset": 17, "onnxruntime": ort.__version__, "file_mb": round(path.stat().st_size / 2 ** 20, 1)}
-    return Subject(f"{s.name}[ort]", "detector", session, s.variant, s.floor, s.map_path, "onnxruntime", check)
+    out = session.run(None, {"x": x.numpy()})
+    if teacher:
+        check = {"max_abs_diff_features": float(max(np.abs(o - r).max() for o, r in zip(out, ref)))}
+    else:
+        check = {"max_abs_diff_maps": float(np.abs(out[1] - ref[1]).max()),
+                 "max_rel_diff_scores": float(np.abs(out[0] - ref[0]).max() / np.abs(ref[0]).max())}
+    check.update(opset=17, onnxruntime=ort.__version__, file_mb=round(path.stat().st_size / 2 ** 20, 1))
+    return Subject(f"{s.name}[ort]", s.role, session, s.variant, floor or s.floor, s.map_path, "onnxruntime", check)
 
 
 def _e2e_input(bs: int, size: int, device: torch.device) -> torch.Tensor:
@@ -176,7 +194,12 @@ def subject_fn(s: Subject, scope: str, device: torch.device, dtype: torch.dtype)
             return run
         return lambda x_u8: run(to_unit_float(x_u8, "cpu"))   # results are already on the host
 
-    if s.role == "teacher":
+    if s.backend == "inferencer":
+        if scope == "network":
+            raise ValueError("anomalib's inferencer covers the map scope (and end_to_end), not network alone")
+        core = m.predict
+        back = lambda out: (out.pred_score.cpu(), out.anomaly_map.to(E2E_MAP_DTYPE).cpu())  # noqa: E731
+    elif s.role == "teacher":
         core = m
         back = lambda out: None  # noqa: E731 - a floor returns nothing to the host
     elif s.role == "peer":
@@ -284,25 +307,67 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._@:-]+", "-", text).replace(":", "-").strip("-")
 
 
-def _peer_stfpm(device: torch.device):
-    """anomalib's STFPM torch model (resnet18, layer1..3), teacher weights off: speed only."""
+def _anomalib_stfpm():
+    """anomalib's STFPM modules, or None with a message when anomalib is absent or broken."""
     try:
-        from anomalib.models.image.stfpm import torch_model as stfpm
+        from anomalib.models.image.stfpm import lightning_model, torch_model
     except Exception as err:  # noqa: BLE001 - absent or broken (a missing dependency), our timings go on
         print(f"anomalib's STFPM is not available ({type(err).__name__}: {err}): peer not timed "
               "(pip install 'bench[peers]')", file=sys.stderr)
         return None
-    real = stfpm.TimmFeatureExtractor
+    return torch_model, lightning_model
+
+
+@contextlib.contextmanager
+def _teacher_weights_off(torch_model):
+    """Its teacher insists on pre_trained=True (a download); weights do not change speed."""
+    real = torch_model.TimmFeatureExtractor
 
     def no_download(*args, **kwargs):
         kwargs["pre_trained"] = False
         return real(*args, **kwargs)
-    stfpm.TimmFeatureExtractor = no_download  # its teacher insists on pre_trained=True
+    torch_model.TimmFeatureExtractor = no_download
     try:
-        model = stfpm.STFPMModel(layers=["layer1", "layer2", "layer3"], backbone="resnet18")
+        yield
     finally:
-        stfpm.TimmFeatureExtractor = real
+        torch_model.TimmFeatureExtractor = real
+
+
+PEER_LAYERS = ["layer1", "layer2", "layer3"]
+
+
+def _peer_stfpm(device: torch.device):
+    """anomalib's STFPM torch model (resnet18, layer1..3): the model scope, as our detectors."""
+    modules = _anomalib_stfpm()
+    if modules is None:
+        return None
+    with _teacher_weights_off(modules[0]):
+        model = modules[0].STFPMModel(layers=PEER_LAYERS, backbone="resnet18")
     return model.eval().to(device)
+
+
+def _peer_inferencer(device: torch.device, export_dir: Path | None):
+    """anomalib's inference as its users run it: the Lightning module (its pre-processor, STFPM and
+    post-processor) exported with `to_torch` and loaded by `anomalib.deploy.TorchInferencer`, called
+    on a float batch. (Engine.predict wraps the same forward in a Lightning predict loop.)"""
+    modules = _anomalib_stfpm()
+    if modules is None:
+        return None
+    from anomalib.deploy import TorchInferencer
+    with _teacher_weights_off(modules[0]):
+        module = modules[1].Stfpm(backbone="resnet18", layers=PEER_LAYERS, evaluator=False, visualizer=False)
+    import tempfile
+    path = module.eval().to_torch(Path(export_dir or tempfile.mkdtemp(prefix="bench-anomalib-")) / "anomalib-stfpm")
+    # the file is the one written on the line above: trusting it is trusting this process
+    trust = os.environ.get("TRUST_REMOTE_CODE")
+    os.environ["TRUST_REMOTE_CODE"] = "1"
+    try:
+        return TorchInferencer(path=path, device=device.type)
+    finally:
+        if trust is None:
+            del os.environ["TRUST_REMOTE_CODE"]
+        else:
+            os.environ["TRUST_REMOTE_CODE"] = trust
 
 
 def gpu_activity(device: torch.device) -> dict | None:
@@ -346,17 +411,26 @@ class Cell:
                          *(["graphs"] if self.cuda_graphs else [])])
 
 
+def _runs_in(s: Subject, cell: Cell) -> bool:
+    """An exported or deployed subject (ONNX Runtime, anomalib's inferencer) runs as it was exported:
+    fp32, whole map scope, no PyTorch options."""
+    return s.backend == "eager" or (cell.scope != "network" and cell.precision == "fp32" and not
+                                    (cell.channels_last or cell.compile or cell.cuda_graphs))
+
+
 def _prepare(s: Subject, cell: Cell, mode: str, device: torch.device, image_size: int):
     """(callable, input) for one subject in one cell: the model cast once to the cell's precision
     (mode `cast`), or left in fp32 with autocast entered at every call (mode `autocast`)."""
     dtype = PRECISIONS[cell.precision]
     model = s.model
-    if s.backend == "onnxruntime":
-        if dtype != torch.float32 or cell.channels_last or cell.compile or cell.cuda_graphs:
-            raise ValueError("the ONNX Runtime subject is timed in fp32 without PyTorch options")
+    if s.backend != "eager":
+        if not _runs_in(s, cell):
+            raise ValueError(f"the {s.backend} subject is timed in fp32 at the map and end_to_end scopes, "
+                             "without PyTorch options")
         fn = subject_fn(s, cell.scope, device, torch.float32)
         x = (_e2e_input(cell.batch_size, image_size, device) if cell.scope == "end_to_end"
-             else torch.rand(cell.batch_size, 3, image_size, image_size))
+             else torch.rand(cell.batch_size, 3, image_size, image_size,
+                             device=device if s.backend == "inferencer" else "cpu"))
         return fn, x
     if mode == "cast" and dtype != torch.float32:
         model = copy.deepcopy(model).to(dtype)
@@ -448,14 +522,14 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
                compile: bool = False, channels_last: bool = False, cuda_graphs: bool | None = None,
                peers: bool = True, iters: int | None = None, warmup: int | None = None,
                rounds: int = 7, threads: int | None = None, precision_mode: str = "cast",
-               map_paths=("lean",), backends=("eager",), results: str | Path = "results", image_size: int = 256,
+               backends=("eager",), results: str | Path = "results", image_size: int = 256,
                grid: str | None = None, overrides: dict | None = None) -> list[dict]:
     """Time registered variants (by name) and/or every distinct architecture of a grid file, with
     their teachers alone, in interleaved rounds; one record per (cell, subject), written per cell."""
     dev = torch.device(check_device(device))
     cuda = dev.type == "cuda"
     check_options(batch_sizes, precisions, scopes, iters, warmup, image_size, rounds, precision_mode,
-                  map_paths, threads, backends, cuda)
+                  threads, backends, cuda)
     if cuda:
         torch.backends.cudnn.benchmark = True
     else:
@@ -480,7 +554,7 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
 
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(results) / "timing" / f"{run_id}_{dev.type}"
-    subjects = build_subjects(named, tuple(map_paths), peers, dev, tuple(backends), threads or os.cpu_count(),
+    subjects = build_subjects(named, peers, dev, tuple(backends), threads or os.cpu_count(),
                               image_size, Path(results) / "cache" / "onnx")
     gmacs = {s.name: count_gmacs(s.model, image_size, dev) for s in subjects
              if s.role == "detector" and s.backend == "eager"}
@@ -496,8 +570,7 @@ def run_timing(device: str = "cpu", variants=None, batch_sizes=None, precisions=
     for cell in bar:
         bar.set_postfix_str(cell.tag)
         todo = [s for s in subjects if oom_at.get((s.name, cell.scope, cell.precision), 1 << 30) > cell.batch_size
-                and not (s.backend == "onnxruntime" and (cell.scope == "network" or cell.precision != "fp32"
-                                                          or cell.channels_last or cell.compile or cell.cuda_graphs))]
+                and _runs_in(s, cell)]
         before = gpu_activity(dev)
         results_ = time_cell(todo, cell, dev, rounds, iters, warmup, precision_mode, image_size)
         after = gpu_activity(dev)
@@ -527,9 +600,8 @@ def _write(out_dir: Path, rec: dict) -> None:
 
 
 def check_options(batch_sizes, precisions, scopes, iters, warmup, image_size, rounds=7, precision_mode="cast",
-                  map_paths=("lean",), threads=None, backends=("eager",), cuda: bool = False) -> None:
+                  threads=None, backends=("eager",), cuda: bool = False) -> None:
     """Every option checked before anything is built: a bad one is an error, never a record."""
-    from bench.detector import MAP_PATHS
     problems = []
     if batch_sizes is not None and (not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes)):
         problems.append(f"batch sizes must be whole numbers >= 1, got {list(batch_sizes)}")
@@ -549,9 +621,6 @@ def check_options(batch_sizes, precisions, scopes, iters, warmup, image_size, ro
         problems.append(f"rounds must be at least 2 (ratios and their intervals come from rounds), got {rounds!r}")
     if precision_mode not in PRECISION_MODES:
         problems.append(f"unknown precision mode {precision_mode!r}; choose one of {list(PRECISION_MODES)}")
-    bad = [m for m in map_paths or () if m not in MAP_PATHS]
-    if bad or not map_paths:
-        problems.append(f"unknown map paths {bad}; choose from {list(MAP_PATHS)}")
     bad = [b for b in backends or () if b not in BACKENDS]
     if bad or "eager" not in (backends or ()):
         problems.append(f"backends must include eager, from {list(BACKENDS)}; got {list(backends or ())}")

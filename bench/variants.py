@@ -32,7 +32,7 @@ ONE_PASS_METHODS = ("anomalib-patchcore",)
 EVAL_ONLY_FIELDS = ("fusion", "score", "blur_sigma", "map_weighting")
 # Fields added after records existed: at this value they are left out of the keys, so the keys (and
 # record file names) of every earlier variant stay what they were.
-LATER_FIELDS = {"map_weighting": "plain", "coreset_ratio": None}
+LATER_FIELDS = {"map_weighting": "plain", "pool_stem": False, "coreset_ratio": None}
 # Every supported backbone family (timm ResNet- and EfficientNet-style) has feature levels 0..4.
 N_LEVELS = 5
 # Both families downsample by 32; smaller inputs or other sizes leave the deepest level ragged.
@@ -58,12 +58,17 @@ class Variant:
     blur_sigma: float = 4.0
     image_size: int = 256
     map_weighting: str = "plain"                # Eq. 9-10: levels summed plainly, or each / (h*w) (official code)
+    pool_stem: bool = False                     # Eq. 1 on the stem level too (the stem-cost ablation)
     coreset_ratio: float | None = None          # PatchCore's memory bank: the fraction kept by coreset sampling
 
     def __post_init__(self):
         for name, value in coerce_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}).items():
             object.__setattr__(self, name, value)
+        if self.pool_stem and 0 not in self.layers:  # no stem level to pool: the same detector, one key
+            object.__setattr__(self, "pool_stem", False)
         problems = []
+        if self.pool_stem and not self.pooling:
+            problems.append("pool_stem pools the stem level as Eq. 1 pools the others: it needs pooling")
         if self.alpha < 0:
             problems.append(f"alpha {self.alpha:g} is negative (Eq. 8 weighs the second teacher's loss by it)")
         if self.blur_sigma < 0:
@@ -116,7 +121,7 @@ class Variant:
         if self.student != PEER_STUDENT[self.method]:
             problems.append(f"{self.method} has student {PEER_STUDENT[self.method]!r} (its authors' own), "
                             f"not {self.student!r}")
-        if self.pooling:
+        if self.pooling or self.pool_stem:
             problems.append(f"{self.method} has no pooling (Eq. 1 is the reduced student's)")
         if self.method == "anomalib-patchcore" and self.map_weighting != "plain":
             problems.append("anomalib-patchcore concatenates its levels: map_weighting does not apply")
@@ -141,7 +146,8 @@ class Variant:
         return _digest({k: v for k, v in self.fields().items() if k not in skip})
 
     def describe(self) -> str:
-        main = f"{self.teacher}{list(self.layers)}/{self.student}{'+AAP' if self.pooling else ''}"
+        main = (f"{self.teacher}{list(self.layers)}/{self.student}{'+AAP' if self.pooling else ''}"
+                f"{' stem pooled' if self.pool_stem else ''}")
         if self.teacher_init != "pretrained":
             main += f"({self.teacher_init})"
         if self.teacher2:

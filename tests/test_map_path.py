@@ -1,18 +1,21 @@
-"""The lean map path against the textbook computation (issue: one lean inference path)."""
+"""The one inference path against the textbook computation (issue: one lean inference path): the
+distance as 1 - cos, and upsampling and blur as separable matrices, give Eq. 2-12 as written."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 from scipy.stats import spearmanr
 
 from bench.build import build_detector
-from bench.detector import (MAP_PATHS, Detector, fuse, gaussian_blur, gaussian_kernel, image_score,
-                            layer_distance)
+from bench.detector import (SCORES, Detector, blur_operator, fuse, gaussian_blur, image_score, layer_distance,
+                            resize_operator)
 from bench.variants import OURS, PRESETS, create_variant, list_variants
 
-RANDOM = dict(teacher_init="random", teacher2_init="random")
 # the peers' maps are anomalib's (tests/test_peers.py)
 OUR_PRESETS = [n for n in list_variants() if PRESETS[n].method in OURS]
+
+RANDOM = dict(teacher_init="random", teacher2_init="random")
 
 
 def textbook_distance(ft, fs):
@@ -20,8 +23,16 @@ def textbook_distance(ft, fs):
     return 0.5 * (F.normalize(ft, dim=1) - F.normalize(fs, dim=1)).pow(2).sum(1)
 
 
+def textbook_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """scipy's Gaussian filter, mirrored borders, radius 4 sigma: an implementation nobody here wrote."""
+    return torch.from_numpy(np.stack([gaussian_filter(m, sigma, mode="mirror", truncate=4.0)
+                                      for m in maps.double().numpy()])).float()
+
+
+@torch.no_grad()
 def textbook_predict(det: Detector, x):
-    """Before the lean path: every level to the image size, stacked, summed, blurred there, scored."""
+    """Eq. 9-12 as written: every level upsampled to the image size by F.interpolate, stacked, summed,
+    fused (Eq. 11), blurred at the image size by scipy, scored."""
     size = x.shape[-2:]
     parts = []
     for b in det.branches:
@@ -29,12 +40,12 @@ def textbook_predict(det: Detector, x):
                 for t, s in zip(b.teacher_features(x), b.student_features(x))]
         parts.append(torch.stack(maps).sum(0).squeeze(1))
     fused = parts[0] if len(parts) == 1 else fuse(parts[0], parts[1], det.fusion)
-    maps = gaussian_blur(fused, det.blur_sigma)
+    maps = textbook_blur(fused, det.blur_sigma)
     return image_score(maps, det.score), maps
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
-def test_lean_distance_equals_eq2(dtype, tol):
+def test_distance_as_one_minus_cos_equals_eq2(dtype, tol):
     g = torch.Generator().manual_seed(0)
     ft, fs = torch.randn(3, 64, 9, 7, generator=g, dtype=dtype), torch.randn(3, 64, 9, 7, generator=g, dtype=dtype)
     ft[0, :, 0, 0] = 0          # a zero vector (ReLU features have them): F.normalize's eps behaviour
@@ -43,16 +54,32 @@ def test_lean_distance_equals_eq2(dtype, tol):
     assert torch.allclose(layer_distance(ft, fs).double(), textbook_distance(ft, fs).double(), atol=tol, rtol=0)
 
 
-def test_lean_distance_accumulates_half_precision_in_fp32():
+def test_distance_accumulates_half_precision_in_fp32():
     ft, fs = torch.randn(2, 512, 4, 4) * 20, torch.randn(2, 512, 4, 4) * 20   # |f|^2 ~ 2e5 > fp16's max
-    lean = layer_distance(ft.half(), fs.half())
-    assert lean.dtype == torch.float32 and torch.isfinite(lean).all()
-    assert torch.allclose(lean, textbook_distance(ft, fs), atol=2e-3)
+    d = layer_distance(ft.half(), fs.half())
+    assert d.dtype == torch.float32 and torch.isfinite(d).all()
+    assert torch.allclose(d, textbook_distance(ft, fs), atol=2e-3)
 
 
-def test_gaussian_kernel_is_built_once():
-    a = gaussian_kernel(2.0, torch.float32, torch.device("cpu"))
-    assert gaussian_kernel(2.0, torch.float32, torch.device("cpu"))[0] is a[0] and a[1] == 8
+@pytest.mark.parametrize("n_in,n_out", [(16, 64), (32, 128), (7, 20), (64, 64), (64, 32)])
+def test_resize_operator_is_f_interpolate(n_in, n_out):
+    m = torch.rand(3, n_in, n_in + 3)
+    ref = F.interpolate(m.unsqueeze(1), size=(n_out, n_out + 5), mode="bilinear", align_corners=False).squeeze(1)
+    out = resize_operator(n_out, n_in) @ m @ resize_operator(n_out + 5, n_in + 3).T
+    assert torch.allclose(out, ref, atol=1e-5)   # F.interpolate computes its weights in fp32
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 4.0])
+def test_blur_is_scipy_gaussian_filter_with_mirrored_borders(sigma):
+    m = torch.rand(2, 40, 33)
+    assert torch.allclose(gaussian_blur(m, sigma), textbook_blur(m, sigma), atol=1e-6)
+    assert torch.equal(gaussian_blur(m, 0), m)
+
+
+def test_operators_are_built_once_and_refuse_a_blur_wider_than_the_map():
+    assert blur_operator(64, 2.0) is blur_operator(64, 2.0) and resize_operator(64, 16) is resize_operator(64, 16)
+    with pytest.raises(ValueError, match="wider than 8 pixels"):
+        blur_operator(8, 4.0)
 
 
 @pytest.fixture(scope="module")
@@ -61,63 +88,34 @@ def batch():
     return torch.rand(6, 3, 128, 128)
 
 
+@pytest.mark.parametrize("score", SCORES)
 @pytest.mark.parametrize("name", OUR_PRESETS)
-def test_exact_path_is_the_textbook_computation(name, batch):
-    det = build_detector(create_variant(name, **RANDOM)).eval()
-    det.map_path = "exact"
+def test_predict_is_the_textbook_computation_for_every_preset(name, score, batch):
+    det = build_detector(create_variant(name, score=score, **RANDOM)).eval()
     scores, maps = textbook_predict(det, batch)
     pred = det.predict(batch)
     # fp32 rounding of 1 - cos is ~1e-7 per pixel: visible only where the map is ~0 (a copy student)
+    assert pred.maps.shape == maps.shape
     assert torch.allclose(pred.maps, maps, rtol=1e-4, atol=1e-6)
     assert torch.allclose(pred.scores, scores, rtol=1e-4, atol=1e-6 * maps[0].numel())
 
 
-# Stated tolerance of the lean map against the exact one (max |difference| / max |exact map|, on
-# untrained students whose maps are noisier than trained ones): bilinear-of-bilinear upsampling and
-# a blur at the finest level's resolution. Scores move far less (Eq. 12 averages the differences out).
-# A max is one pixel, so it moves more than a sum.
-LEAN_MAP_TOL, LEAN_SCORE_TOL = 0.05, {"sum": 2e-3, "max": 5e-2}
-
-
-@pytest.mark.parametrize("name", OUR_PRESETS)
-def test_lean_map_within_tolerance_of_exact_for_every_preset(name, batch):
-    det = build_detector(create_variant(name, **RANDOM)).eval()
-    out = {}
-    for path in MAP_PATHS:
-        det.map_path = path
-        parts = det.branch_maps(batch)
-        for score in LEAN_SCORE_TOL:
-            det.score = score
-            out[path, score] = det.score_maps(parts, tuple(batch.shape[-2:]))
-    det.map_path = "lean"
-    assert det.effective_map_path == ("exact" if len(det.branches) == 2 else "lean")
-    for score, tol in LEAN_SCORE_TOL.items():
-        (lean_s, lean_m), (exact_s, exact_m) = out["lean", score], out["exact", score]
-        assert lean_m.shape == exact_m.shape
-        assert ((lean_m - exact_m).abs().max() / exact_m.abs().max()).item() < LEAN_MAP_TOL
-        assert ((lean_s - exact_s).abs() / exact_s.abs()).max().item() < tol, score
-
-
-def test_lean_map_resolution_is_the_finest_level_and_full_size_is_one_upsample(batch):
-    det = build_detector(create_variant("stpm", **RANDOM)).eval()
-    low = det.predict(batch, full_size=False)
-    assert low.maps.shape[-1] == 128 // 4 and low.parts["main"].shape[-1] == 128 // 4   # STPM's layer1
-    full = det.predict(batch)
-    assert full.maps.shape[-1] == 128 and torch.equal(full.scores, low.scores)
-
-
-def test_unknown_map_path_is_refused():
-    branches = build_detector(create_variant("reduced", **RANDOM)).branches
-    with pytest.raises(ValueError, match="map path"):
-        Detector(list(branches), map_path="fast")
-    assert MAP_PATHS == ("lean", "exact")
+def test_sum_score_needs_no_full_size_map(batch):
+    """Eq. 12's sum of the blurred full-size map, from the level maps alone: the same scores."""
+    det = build_detector(create_variant("reduced", **RANDOM)).eval()
+    full, scores_only = det.predict(batch), det.predict(batch, full_size=False)
+    assert scores_only.maps is None
+    assert torch.allclose(scores_only.scores, full.scores, rtol=1e-5)
+    assert torch.allclose(full.scores, image_score(full.maps, "sum"), rtol=1e-5)
+    # the level maps stay at their own resolutions: the reduced student's stem at half the image size
+    assert [lv.shape[-1] for lv in full.levels["main"]] == [64, 16, 8, 4]
 
 
 @pytest.mark.slow
 @pytest.mark.shared
-def test_lean_scores_rank_as_exact_on_a_real_checkpoint(shared):
-    """A reduced student trained briefly on KolektorSDD (real Lite0 teacher): its test scores rank
-    the same way on both paths."""
+def test_scores_rank_as_the_textbook_computation_on_a_real_checkpoint(shared):
+    """A reduced student and STPM trained briefly on KolektorSDD (real Lite0 teacher): their test
+    scores equal the textbook computation's and rank the same way."""
     from bench.data import load_images, load_split, to_unit_float
     from bench.train import fit, get_recipe
     from conftest import LITE0
@@ -127,10 +125,13 @@ def test_lean_scores_rank_as_exact_on_a_real_checkpoint(shared):
     for name in ("reduced-lite0", "stpm-lite0"):
         det = build_detector(create_variant(name), weights={"tf_efficientnet_lite0": str(LITE0)})
         fit(det, train[:40], train[40:], get_recipe("quick"), 1, 0, progress=False)
-        scores = {}
-        for path in MAP_PATHS:
-            det.map_path = path
-            scores[path] = torch.cat([det.predict(to_unit_float(test[i:i + 16], "cpu")).scores
-                                      for i in range(0, len(test), 16)]).numpy()
-        assert spearmanr(scores["lean"], scores["exact"]).statistic >= 0.999, name
-        assert np.allclose(scores["lean"], scores["exact"], rtol=LEAN_SCORE_TOL["sum"])
+        det.eval()
+        ours, textbook = [], []
+        with torch.no_grad():
+            for i in range(0, len(test), 16):
+                x = to_unit_float(test[i:i + 16], "cpu")
+                ours.append(det.predict(x).scores)
+                textbook.append(textbook_predict(det, x)[0])
+        ours, textbook = torch.cat(ours).numpy(), torch.cat(textbook).numpy()
+        assert spearmanr(ours, textbook).statistic >= 0.999, name
+        assert np.allclose(ours, textbook, rtol=1e-4), name

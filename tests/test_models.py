@@ -129,7 +129,7 @@ def test_mixed_detector_end_to_end_shapes(teachers):
     loss.sum().backward()
     assert all(p.grad is None for p in det.branches[0].teacher.parameters())
     pred = det.predict(x)
-    assert pred.maps.shape == (2, 64, 64) and pred.scores.shape == (2,) and set(pred.parts) == {"main", "aux"}
+    assert pred.maps.shape == (2, 64, 64) and pred.scores.shape == (2,) and set(pred.levels) == {"main", "aux"}
 
 
 def test_alpha_weights_the_second_teacher(teachers):
@@ -149,4 +149,16 @@ def test_map_weighting_reaches_the_detector(teachers):
     b = Branch(teachers["resnet18"], "conv", True)
     plain = Detector([b]).branch_maps(x)[0]
     area = Detector([b], map_weighting="area").branch_maps(x)[0]
-    assert not torch.allclose(plain, area) and area.max() < plain.max()
+    for p, a in zip(plain, area):   # each level's map divided by its own area
+        assert torch.allclose(a, p / (p.shape[-2] * p.shape[-1]))
+
+
+def test_pooled_stem_level_matches_teacher_and_student_at_half_resolution():
+    from bench.build import build_detector
+    from bench.variants import create_variant
+    x = torch.rand(1, 3, 64, 64)
+    for pool_stem, stem_size in ((False, 32), (True, 16)):
+        b = build_detector(create_variant("reduced", teacher_init="random", pool_stem=pool_stem)).branches[0]
+        ft, fs = b.teacher_features(x), b.student_features(x)
+        assert [f.shape for f in ft] == [f.shape for f in fs]
+        assert ft[0].shape[-1] == stem_size and ft[1].shape[-1] == 8     # the other levels are unchanged

@@ -13,7 +13,7 @@ from conftest import LITE0, make_mvtec_category
 from bench import report
 from bench.backbones import Teacher
 from bench.build import build_detector
-from bench.detector import features_loss, features_map
+from bench.detector import features_loss, features_map, upsample_sum
 from bench.errors import BenchError
 from bench.evaluate import branch_maps, score_and_measure
 from bench.run import Job, run_job
@@ -126,14 +126,15 @@ def test_stfpm_maps_are_anomalibs_or_the_suites_reading(anomalib):
     det = build_detector(create_variant("anomalib-stfpm", **RANDOM)).eval()
     x = torch.rand(2, 3, 64, 64)
     shipped = det.model(det.normalize(x))   # STFPMModel's own eval forward
-    (product,) = det.branch_maps(x)
+    ((product,),) = det.branch_maps(x)
     assert torch.allclose(product, shipped.anomaly_map.squeeze(1))
-    scores, _ = det.score_maps([product], (64, 64))
-    assert torch.allclose(scores, shipped.pred_score.reshape(-1))   # max, no blur: anomalib's own score
+    scores, maps = det.score_maps([[product]], (64, 64))
+    assert torch.equal(maps, product)                               # no blur: the map as anomalib made it
+    assert torch.allclose(scores, shipped.pred_score.reshape(-1))   # max: anomalib's own score
     plain = build_detector(create_variant("anomalib-stfpm", map_weighting="plain", **RANDOM)).eval()
     plain.load_state_dict(det.state_dict())
     fts, fss = plain.teacher_features(x)[0], plain.student_features(x)
-    assert torch.allclose(plain.branch_maps(x)[0], features_map(fts, fss, (64, 64)))
+    assert torch.allclose(upsample_sum(plain.branch_maps(x)[0], (64, 64)), features_map(fts, fss, (64, 64)))
 
 
 # ---------------------------------------------------------------- through the job runner
@@ -158,7 +159,7 @@ def test_each_peer_trains_and_scores_through_the_job_runner(anomalib, synth, tmp
     assert on_disk["train"]["n_train"] == 8 and job.record_path(tmp_path).with_suffix(".npz").is_file()
     if name == "anomalib-patchcore":
         assert on_disk["epochs"] == 1 and on_disk["train"]["memory_bank"] == int(0.1 * on_disk["train"]["n_embeddings"])
-        assert on_disk["map_path"] == "anomalib"
+        assert "compute_anomaly_score" in on_disk["implementation"]["native_score"]
     else:  # one step: 8 training images, batch 8
         assert len(on_disk["train"]["train_loss"]) == 1 and on_disk["train"]["best_epoch"] == 1
 
@@ -209,7 +210,6 @@ def _pair(teacher, size=96):
     peer = build_detector(create_variant("anomalib-stfpm", teacher=teacher, image_size=size, map_weighting="plain",
                                          blur_sigma=4.0, score="sum", **RANDOM))
     _same_student(ours, peer)
-    ours.map_path = "exact"   # both maps at the image size
     return ours, peer
 
 

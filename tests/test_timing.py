@@ -74,14 +74,16 @@ def test_map_cost_is_map_minus_network_per_image():
     assert row["map - network (us/image)"].startswith("10000")     # 20 ms - 10 ms per image
 
 
-def test_teacher_floor_and_map_paths_are_subjects():
+def test_teacher_floor_is_a_subject_and_each_architecture_is_timed_once():
     subs = build_subjects([("reduced", create_variant("reduced")), ("stpm", create_variant("stpm")),
-                           ("mixed", create_variant("mixed"))], map_paths=("exact", "lean"), peers=False)
+                           ("reduced-again", create_variant("reduced", score="max")),
+                           ("mixed", create_variant("mixed"))], peers=False)
     names = [s.name for s in subs]
-    # reduced and STPM share ResNet-18 to layer3: one floor; mixed has one map path (Eq. 11 stays exact)
-    assert names == ["teacher:resnet18[..layer3]", "reduced@exact", "reduced@lean", "stpm@exact", "stpm@lean",
-                     "teacher:resnet18[..layer2]+efficientnet_b0[..blocks.6]", "mixed@exact"]
+    # reduced and STPM share ResNet-18 to layer3: one floor; an evaluation-only difference costs nothing
+    assert names == ["teacher:resnet18[..layer3]", "reduced", "stpm",
+                     "teacher:resnet18[..layer2]+efficientnet_b0[..blocks.6]", "mixed"]
     assert all(s.floor in names for s in subs if s.role == "detector")
+    assert {s.map_path for s in subs if s.role == "detector"} == {"exact"}
 
 
 def test_end_to_end_starts_from_uint8_and_returns_score_and_fp16_map():
@@ -159,11 +161,25 @@ def test_onnxruntime_subject_matches_pytorch_and_is_timed_in_the_same_rounds(tmp
     recs = run_timing(device="cpu", variants=["reduced"], batch_sizes=[2], scopes=["network", "map", "end_to_end"],
                       iters=2, warmup=1, rounds=2, threads=1, results=tmp_path, image_size=64, peers=False,
                       backends=("eager", "onnxruntime"))
-    ort = [r for r in recs if r["backend"] == "onnxruntime"]
-    assert {r["scope"] for r in ort} == {"map", "end_to_end"}      # the export covers the map, not network alone
+    ort = [r for r in recs if r["backend"] == "onnxruntime" and r["role"] == "detector"]
+    floor = [r for r in recs if r["backend"] == "onnxruntime" and r["role"] == "teacher"]
+    assert {r["scope"] for r in ort} == {r["scope"] for r in floor} == {"map", "end_to_end"}  # not network alone
     assert all(r["status"] == "ok" and r["export_check"]["max_abs_diff_maps"] < 1e-4 for r in ort)
+    assert all(r["status"] == "ok" and r["export_check"]["max_abs_diff_features"] < 1e-4 for r in floor)
+    # an exported detector's floor is its teacher exported alike, not the eager teacher
+    assert {r["floor"] for r in ort} == {r["name"] for r in floor}
     ratios = set(run_ratios(recs).ratio)
     assert {"reduced[ort] / reduced", "reduced[ort] / floor"} <= ratios
+
+
+def test_anomalib_inference_path_is_timed_beside_its_model(tmp_path):
+    pytest.importorskip("anomalib", reason="the peers extra (anomalib) is not installed")
+    recs = run_timing(device="cpu", variants=["stpm"], batch_sizes=[1], scopes=["network", "map", "end_to_end"],
+                      iters=1, warmup=1, rounds=2, threads=1, results=tmp_path, image_size=64)
+    inf = [r for r in recs if r["name"] == "anomalib-stfpm[inferencer]"]
+    assert {r["scope"] for r in inf} == {"map", "end_to_end"} and all(r["status"] == "ok" for r in inf)
+    assert all(r["backend"] == "inferencer" and r["origin"] == "anomalib" for r in inf)
+    assert {"stpm / anomalib-stfpm", "stpm / anomalib-stfpm[inferencer]"} <= set(run_ratios(recs).ratio)
 
 
 def test_onnxruntime_backend_refusals(tmp_path):

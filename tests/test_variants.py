@@ -2,6 +2,7 @@ import dataclasses
 
 import pytest
 
+from bench.errors import VariantError
 from bench.variants import PRESETS, Variant, create_variant, list_variants
 
 
@@ -46,3 +47,10 @@ def test_text_values_are_parsed_by_the_field_type():
     assert v.blur_sigma == 0.0  # no blur, when asked for as 0
     assert create_variant("mixed", teacher2="none", layers2=(), method="reduced").teacher2 is None
     assert create_variant("reduced", pooling="yes").key == create_variant("reduced").key  # keys unchanged
+
+
+def test_pool_stem_without_a_stem_level_is_the_same_variant_and_needs_pooling():
+    assert create_variant("stpm", pool_stem=True, pooling=True).key == create_variant("stpm", pooling=True).key
+    assert create_variant("reduced").key == create_variant("reduced", pool_stem=False).key   # earlier keys kept
+    with pytest.raises(VariantError, match="pool_stem"):
+        create_variant("reduced", pool_stem=True, pooling=False)
