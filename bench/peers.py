@@ -284,3 +284,32 @@ def build_peer(variant: Variant, weights: dict | None = None) -> PeerDetector:
     require_anomalib(variant.method)
     builders = {"anomalib-stfpm": StfpmPeer, "anomalib-patchcore": PatchcorePeer}
     return builders[variant.method](variant, weights)
+
+
+class _PatchcoreForTiming(nn.Module):
+    """PatchCore as the timing harness drives a peer: `network` scope its backbone's features (its
+    teacher; it has no student), `map` scope its own forward (embedding, nearest neighbours in the
+    memory bank, image score, map)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.teacher_model, self.student_model = model, model.feature_extractor, nn.Identity()
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def timing_model(variant: Variant, device, image_size: int = 256, n_train: int = 200) -> nn.Module:
+    """A peer's anomalib model for the timing harness (teacher weights random: they do not change
+    speed). PatchCore's memory bank is random, of the size its coreset keeps from N_TRAIN training
+    images (the quick recipe's 200) at this image size: search cost is its rows times its width."""
+    det = build_peer(variant).eval()
+    if variant.method == "anomalib-stfpm":
+        return det.model.to(device)
+    model = det.model
+    with torch.no_grad():
+        per_image = model.reshape_embedding(model.generate_embedding(
+            {k: model.feature_pooler(f) for k, f in model.feature_extractor(torch.zeros(1, 3, image_size, image_size)).items()}))
+    model.memory_bank = torch.randn(max(1, int(n_train * len(per_image) * variant.coreset_ratio)), per_image.shape[1])
+    return _PatchcoreForTiming(model).eval().to(device)
+

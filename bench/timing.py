@@ -44,7 +44,7 @@ from bench.detector import MAP_PATH
 from bench.env import check_device, git_revision, hardware, software
 from bench.errors import UsageError
 from bench.store import write_json_atomic
-from bench.variants import Variant, create_variant
+from bench.variants import PEERS, Variant, create_variant
 
 TIMING_SCHEMA = 2
 SCOPES = ("network", "map", "end_to_end")
@@ -94,6 +94,12 @@ def build_subjects(named: list[tuple[str, Variant]], peers: bool = True,
     subjects, seen = [], set()
     for name, v in named:
         v = dataclasses.replace(v, teacher_init="random", teacher2_init="random")
+        if v.method in PEERS:  # anomalib's own models, timed as peers (model scope)
+            from bench.peers import timing_model
+            if v.arch_key not in seen:
+                seen.add(v.arch_key)
+                subjects.append(Subject(name, "peer", timing_model(v, device, image_size), v))
+            continue
         det = build_detector(v).eval().to(device)
         floor = _teacher_name(det)
         if floor not in seen:

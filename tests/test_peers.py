@@ -254,3 +254,17 @@ def test_parity_our_stpm_and_anomalibs_stfpm_train_and_score_alike(anomalib, syn
     assert np.corrcoef(evs[0].scores, evs[1].scores)[0, 1] > 0.999
     for metric in ("image_auroc", "pixel_auroc", "aupro"):
         assert abs(evs[0].metrics[metric] - evs[1].metrics[metric]) <= 0.01, metric
+
+
+def test_peers_of_a_grid_are_timed_as_peers_at_model_scope(anomalib, tmp_path):
+    from bench.timing import run_timing
+    recs = run_timing(device="cpu", variants=["anomalib-stfpm", "anomalib-patchcore-1pct"], batch_sizes=[1],
+                      iters=1, warmup=0, rounds=2, results=tmp_path, image_size=64, peers=False,
+                      scopes=["network", "map"], overrides={"teacher": "resnet18"})
+    ok = {(r["name"], r["scope"]): r for r in recs if r["status"] == "ok"}
+    assert set(ok) == {(n, sc) for n in ("anomalib-stfpm", "anomalib-patchcore-1pct") for sc in ("network", "map")}
+    patchcore = ok["anomalib-patchcore-1pct", "map"]
+    assert patchcore["role"] == "peer" and patchcore["origin"] == "anomalib" and patchcore["method"] == "anomalib-patchcore"
+    assert patchcore["variant"]["coreset_ratio"] == 0.01 and patchcore["student_params_m"] == 0
+    # placed on the speed-accuracy plot by architecture, as ours
+    assert report.timing_frame(recs).arch_key.notna().all()
