@@ -66,7 +66,12 @@ def test_table1_table4_table5_table6_shapes(results):
     assert t1.loc[("mvtec_anomaly_detection",)].shape[0] == 1
     assert (t1.loc[("mvtec_anomaly_detection",)][["layers 1+2", "layers 2+3"]] == "not run").all(axis=None)
     t4 = report.table4_mixed(runs)
-    assert t4.shape == (2, 4)
+    # mixed, reduced, stpm (not run), the two anomalib peers (not run), the paper's mixed and PatchCore
+    assert t4.shape == (2, 7)
+    assert [c for c in t4.columns if c.startswith("anomalib")] == ["anomalib-stfpm · not run",
+                                                                   "anomalib-patchcore · not run"]
+    assert {f"{report.paper.SOURCE}: mixed", f"{report.paper.SOURCE}: PatchCore"} <= set(t4.columns)
+    assert any(c.startswith("mixed ·") and c.endswith("· score sum") for c in t4.columns)  # each column names its score
     t5 = report.table5_pixel(runs)
     assert set(t5) == {"pixel AUROC", "AUPRO (FPR <= 0.3; the paper reports none)"}
     t6 = report.table6_btad(runs)
