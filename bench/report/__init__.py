@@ -22,14 +22,15 @@ from bench.report.frames import (METRICS, TEACHER_FIELDS, failed_runs, gallery_p
 from bench.report.numbers import NOT_RUN, ci95, fmt_mean_ci
 from bench.report.page import heading, setup, show
 from bench.report.summary import write_summary
-from bench.report.tables import (AUPRO_TITLE, ablation_table, paper_table, parity_table, table1_layers,
-                                 table2_reduced, table4_mixed, table5_pixel, table6_btad)
+from bench.report.tables import (AUPRO_TITLE, ablation_table, paper_table, parity_table, product_effect,
+                                 table1_layers, table2_reduced, table4_mixed, table5_pixel, table6_btad)
 from bench.report.timing_tables import (table3_timing, timing_frame, timing_map_cost, timing_options, timing_ratios,
                                         timing_runs)
 
 __all__ = ["AUPRO_TITLE", "METRICS", "NOT_RUN", "TEACHER_FIELDS", "ablation_plot", "ablation_table", "ci95",
            "failed_runs", "fmt_mean_ci", "gallery", "gallery_picks", "heading", "is_canonical", "list_grids", "load_runs", "load_timing",
-           "ok_records", "paper", "paper_table", "parity_table", "pareto_front", "plottable_grids", "print_jobs_summary", "provenance",
+           "ok_records", "paper", "paper_table", "parity_table", "product_effect", "pareto_front", "plottable_grids",
+           "print_jobs_summary", "provenance",
            "roc_curves", "runs_frame", "runs_of_grid", "runs_of_preset", "seed_summary", "setup", "show",
            "speed_vs_accuracy", "table1_layers", "table2_reduced", "table3_timing", "table4_mixed",
            "table5_pixel", "table6_btad", "teachers_label", "timing_frame", "timing_map_cost", "timing_options",

@@ -164,6 +164,10 @@ def parity_table(records, datasets=None) -> pd.DataFrame:
     both = pd.concat([g.assign(side=side, blur=g["v.blur_sigma"], score=g["v.score"],
                                **{"layer maps": g["v.map_weighting"].map(MAP_READINGS)})
                       for side, g in sides.items()])
+    # only where anomalib's STFPM ran: our other STPM records are Table 2's
+    where = ["dataset", "category", "teachers", "recipe"]
+    peer = set(map(tuple, sides["anomalib STFPM"][where].drop_duplicates().values))
+    both = both[[tuple(r) in peer for r in both[where].values]]
     rows = []
     for key, g in both.groupby(keys, sort=True):
         for metric in METRICS:
@@ -178,6 +182,24 @@ def parity_table(records, datasets=None) -> pd.DataFrame:
                                   "same within CI" if abs(diff.mean()) <= half else "differs")
             rows.append(row)
     return pd.DataFrame(rows).set_index([*keys, "metric"]).fillna("—")
+
+
+def product_effect(records, datasets=None) -> pd.DataFrame:
+    """What anomalib's own map costs its own students: the layer maps multiplied (as it ships) minus
+    summed (Eq. 9-10), the same trained students, blur and score, paired by seed."""
+    df = runs_of_preset(runs_frame(records, datasets), "anomalib-stfpm", ("blur_sigma", "score", "map_weighting"))
+    if df.empty:
+        return _not_run(" (the peers and parity grids)")
+    keys = ["dataset", "category", "teachers", "recipe", "v.blur_sigma", "v.score"]
+    rows = []
+    for key, g in df.groupby(keys, sort=True):
+        per = {w: s.set_index("seed") for w, s in g.groupby("v.map_weighting")}
+        if {"product", "plain"} <= set(per):
+            rows.append({**dict(zip(keys, key)), "seeds": len(per["product"].index.intersection(per["plain"].index)),
+                         **{m: fmt_mean_ci((per["product"][m] - per["plain"][m]).dropna()) for m in METRICS}})
+    if not rows:
+        return _not_run(" (needs anomalib's STFPM under both map readings)")
+    return pd.DataFrame(rows).rename(columns={"v.blur_sigma": "blur", "v.score": "score"}).set_index(keys[:4])
 
 
 def table6_btad(records) -> pd.DataFrame:
