@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from bench.backbones import Teacher
 from bench.detector import Branch, Detector
-from bench.variants import Variant
+from bench.variants import PEERS, Variant
 
 
 def build_detector(variant: Variant, weights: dict[str, str] | None = None) -> Detector:
+    if variant.method in PEERS:  # anomalib's models behind the same interface (bench.peers)
+        from bench.peers import build_peer
+        return build_peer(variant, weights)
     branches = [Branch(Teacher(variant.teacher, variant.layers, variant.teacher_init, weights),
                        variant.student, variant.pooling, variant.pool_stem)]
     if variant.teacher2:

@@ -28,7 +28,7 @@ def branch_maps(detector: Detector, images: torch.Tensor, device="cpu", batch_si
     chunks = [detector.branch_maps(to_unit_float(images[i:i + batch_size], device))
               for i in range(0, len(images), batch_size)]
     return [[torch.cat([c[b][i].cpu() for c in chunks]) for i in range(len(chunks[0][b]))]
-            for b in range(len(detector.branches))]
+            for b in range(len(chunks[0]))]
 
 
 def score_and_measure(detector: Detector, per_branch: list[list[torch.Tensor]], labels: np.ndarray, masks: np.ndarray,
@@ -44,4 +44,6 @@ def score_and_measure(detector: Detector, per_branch: list[list[torch.Tensor]], 
     maps = np.concatenate(maps).astype(np.float32)
     if not np.isfinite(scores).all():
         raise FloatingPointError("the detector produced non-finite anomaly scores")
-    return Evaluation(all_metrics(labels, scores, masks, maps), scores, maps, dict(zip(BRANCH_NAMES, per_branch)))
+    # a peer's further parts are no maps (PatchCore's own image scores): its part_names leave them out
+    names = getattr(detector, "part_names", BRANCH_NAMES)
+    return Evaluation(all_metrics(labels, scores, masks, maps), scores, maps, dict(zip(names, per_branch)))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.train import get_recipe
-from bench.variants import Variant
+from bench.variants import ONE_PASS_METHODS, Variant
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class Job:
 
     @property
     def n_epochs(self) -> int:
+        if self.variant.method in ONE_PASS_METHODS:  # a memory bank is one pass, whatever the recipe or --epochs
+            return 1
         return self.epochs if self.epochs is not None else get_recipe(self.recipe).epochs_for(self.variant.method)
 
     @property

@@ -97,9 +97,10 @@ class RunRecord(_Record):
     n_test: int | None = None
     n_test_defective: int | None = None
     teachers: list = field(default_factory=list)  # per branch: backbone, kind, file (name), sha256, label
+    implementation: dict | None = None   # a peer's: the package, version and classes that ran (None: ours)
     test: dict | None = None             # per test image: labels, scores, defect
     examples: str | None = None          # the .npz of example maps beside the record (seed 0)
-    map_path: str = "exact"              # records before the lean path computed every map exactly
+    map_path: str = "exact"              # the suite's Eq. 9-10 (every record before the lean path too); "anomalib": a peer's own map
     started: str | None = None
     wall_s: float | None = None
     traceback: str | None = None

@@ -53,8 +53,9 @@ def _train_or_load(job: Job, detector, split, images, device, results, progress)
     train_idx, val_idx = data_mod.train_val_indices(len(split.train), job.seed, recipe.val_fraction)
     if recipe.max_train_images and len(train_idx) > recipe.max_train_images:
         train_idx = sorted(random.Random(job.seed).sample(train_idx, recipe.max_train_images))
-    summary = fit(detector, images[train_idx], images[val_idx], recipe, job.n_epochs,
-                  job.seed, device=device, progress=progress, desc=job.describe())
+    learn = getattr(detector, "fit_fn", fit)  # a peer that learns without gradients (PatchCore) brings its own
+    summary = learn(detector, images[train_idx], images[val_idx], recipe, job.n_epochs,
+                    job.seed, device=device, progress=progress, desc=job.describe())
     summary = {**dataclasses.asdict(summary), "n_train": len(train_idx), "n_val": len(val_idx)}
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     tmp = ckpt.with_suffix(".tmp")
@@ -148,7 +149,8 @@ class StudentGroup:
         path = job.record_path(self.results)
         record = dataclasses.replace(
             job_record(job, self.device), metrics=ev.metrics, metric_settings=METRIC_SETTINGS,
-            map_path=MAP_PATH, train=summary, teachers=teacher_sources(detector),
+            map_path=getattr(detector, "map_path", MAP_PATH), train=summary, teachers=teacher_sources(detector),
+            implementation=getattr(detector, "implementation", None),
             layout=test.split.layout, n_test=len(test.split.test), n_test_defective=int(test.labels.sum()),
             test={"labels": test.labels.tolist(), "scores": ev.scores.tolist(),
                   "defect": [s.defect for s in test.split.test]},

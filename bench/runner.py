@@ -20,6 +20,7 @@ from bench.backbones import load_hub_model, resolve_weights
 from bench.env import check_device
 from bench.errors import GridError, UsageError
 from bench.jobs import Job, student_groups
+from bench.peers import check_peers
 from bench.run import StudentGroup
 from bench.slurm import SlurmOptions, run_array
 from bench.store import check_results_folder
@@ -87,6 +88,7 @@ def run_grid(jobs: list[Job], results: str | Path = "results", device: str = "cp
     _clean_partial_files(results)
     todo = [j for j in jobs if force or not is_done(j, results)]
     check_weights(todo, weights)
+    check_peers(j.variant for j in todo)
     if force:  # recompute means retrain too, not reuse a student trained by older code
         for path in {j.checkpoint_path(results) for j in todo}:
             path.unlink(missing_ok=True)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from bench.peers import no_download
+
 
 def _anomalib_stfpm():
     """anomalib's STFPM modules, or None with a message when anomalib is absent or broken."""
@@ -24,22 +26,6 @@ def _anomalib_stfpm():
     return torch_model, lightning_model
 
 
-@contextlib.contextmanager
-def _teacher_weights_off(torch_model):
-    """Its teacher insists on pre_trained=True (a download): for the duration, the feature extractor
-    it builds is told pre_trained=False. The one patch of anomalib, undone on exit."""
-    real = torch_model.TimmFeatureExtractor
-
-    def no_download(*args, **kwargs):
-        kwargs["pre_trained"] = False
-        return real(*args, **kwargs)
-    torch_model.TimmFeatureExtractor = no_download
-    try:
-        yield
-    finally:
-        torch_model.TimmFeatureExtractor = real
-
-
 PEER_LAYERS = ["layer1", "layer2", "layer3"]
 
 
@@ -48,7 +34,7 @@ def stfpm_model(device: torch.device):
     modules = _anomalib_stfpm()
     if modules is None:
         return None
-    with _teacher_weights_off(modules[0]):
+    with no_download(modules[0]):
         model = modules[0].STFPMModel(layers=PEER_LAYERS, backbone="resnet18")
     return model.eval().to(device)
 
@@ -61,7 +47,7 @@ def stfpm_inferencer(device: torch.device, export_dir: Path | None):
     if modules is None:
         return None
     from anomalib.deploy import TorchInferencer
-    with _teacher_weights_off(modules[0]):
+    with no_download(modules[0]):
         module = modules[1].Stfpm(backbone="resnet18", layers=PEER_LAYERS, evaluator=False, visualizer=False)
     path = module.eval().to_torch(Path(export_dir or tempfile.mkdtemp(prefix="bench-anomalib-")) / "anomalib-stfpm")
     # the file is the one written on the line above: trusting it is trusting this process

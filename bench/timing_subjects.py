@@ -22,12 +22,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import timing_peers
+from bench import peers as peer_models, timing_peers
 from bench.build import build_detector
 from bench.data import to_unit_float
 from bench.detector import MAP_PATH
 from bench.errors import UsageError
-from bench.variants import Variant
+from bench.variants import PEERS, Variant
 
 SCOPES = ("network", "map", "end_to_end")
 E2E_MAP_DTYPE = torch.float16
@@ -66,6 +66,11 @@ def build_subjects(named: list[tuple[str, Variant]], peers: bool = True,
     subjects, seen = [], set()
     for name, v in named:
         v = dataclasses.replace(v, teacher_init="random", teacher2_init="random")
+        if v.method in PEERS:  # a grid's peers: anomalib's own models, timed at model scope
+            if v.arch_key not in seen:
+                seen.add(v.arch_key)
+                subjects.append(Subject(name, "peer", peer_models.timing_model(v, device, image_size), v))
+            continue
         det = build_detector(v).eval().to(device)
         floor = _teacher_name(det)
         if floor not in seen:
@@ -83,7 +88,7 @@ def build_subjects(named: list[tuple[str, Variant]], peers: bool = True,
             except torch.onnx.errors.OnnxExporterError as err:  # one model's exporter gap: time the others
                 print(f"{name}: not exported to ONNX ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                       "timed in PyTorch only", file=sys.stderr)
-    if peers:
+    if peers and "anomalib-stfpm" not in {s.name for s in subjects}:
         peer = timing_peers.stfpm_model(device)
         if peer is not None:
             subjects.append(Subject("anomalib-stfpm", "peer", peer))

@@ -17,12 +17,23 @@ from bench.detector import FUSIONS, MAP_WEIGHTINGS, SCORES
 from bench.errors import UnknownNameError, VariantError
 from bench.students import STUDENT_KINDS
 
-METHODS = ("reduced", "stpm", "mixed")
+OURS = ("reduced", "stpm", "mixed")
+# Peers run by the same job runner through their authors' own classes (bench.peers; the `peers` extra).
+PEERS = ("anomalib-stfpm", "anomalib-patchcore")
+METHODS = (*OURS, *PEERS)
+# What only a peer has: PatchCore keeps a memory bank, no student; its own image score ("native", the
+# nearest-neighbour distance reweighted by the bank's neighbourhood) is not a statistic of its map;
+# anomalib's STFPM multiplies its layer maps ("product").
+PEER_STUDENT = {"anomalib-stfpm": "full", "anomalib-patchcore": "none"}
+PEER_SCORES = {"anomalib-patchcore": ("native",)}
+PEER_MAP_WEIGHTINGS = {"anomalib-stfpm": ("product",)}
+# Methods that learn in one pass over the training images (no epochs, no validation loss).
+ONE_PASS_METHODS = ("anomalib-patchcore",)
 # Fields that change only evaluation: variants differing in these share one trained student.
 EVAL_ONLY_FIELDS = ("fusion", "score", "blur_sigma", "map_weighting")
 # Fields added after records existed: at this value they are left out of the keys, so the keys (and
 # record file names) of every earlier variant stay what they were.
-LATER_FIELDS = {"map_weighting": "plain", "pool_stem": False}
+LATER_FIELDS = {"map_weighting": "plain", "pool_stem": False, "coreset_ratio": None}
 # Every supported backbone family (timm ResNet- and EfficientNet-style) has layers 0..4 (timm's out_indices).
 N_LAYERS = 5
 # Both families downsample by 32; smaller inputs or other sizes leave the deepest level ragged.
@@ -44,11 +55,12 @@ class Variant:
     teacher2_init: str = "pretrained"
     alpha: float = 0.1                          # Eq. 8
     fusion: str = "minmax"                      # Eq. 11 reading
-    score: str = "sum"                          # Eq. 12 (sum) or max
+    score: str = "sum"                          # Eq. 12 (sum) or max; PatchCore's own: native
     blur_sigma: float = 4.0
     image_size: int = 256
     map_weighting: str = "plain"                # Eq. 9-10: layers summed plainly, or each / (h*w) (official code)
     pool_stem: bool = False                     # Eq. 1 on the stem layer too (the stem-cost ablation)
+    coreset_ratio: float | None = None          # PatchCore's memory bank: the fraction kept by coreset sampling
 
     def __post_init__(self):
         for name, value in coerce_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}).items():
@@ -77,15 +89,24 @@ class Variant:
                                 "(e.g. resnet18, efficientnet_b0, tf_efficientnet_lite0)")
         if self.method not in METHODS:
             problems.append(f"method {self.method!r} not in {METHODS}")
-        for name in ("student", "student2"):
-            if getattr(self, name) not in STUDENT_KINDS:
-                problems.append(f"{name} {getattr(self, name)!r} not in {STUDENT_KINDS}")
+        if self.method in PEERS:
+            problems += self._peer_problems()
+        elif self.student not in STUDENT_KINDS:
+            problems.append(f"student {self.student!r} not in {STUDENT_KINDS}")
+        if self.student2 not in STUDENT_KINDS:
+            problems.append(f"student2 {self.student2!r} not in {STUDENT_KINDS}")
         if self.fusion not in FUSIONS:
             problems.append(f"fusion {self.fusion!r} not in {FUSIONS}")
-        if self.map_weighting not in MAP_WEIGHTINGS:
-            problems.append(f"map_weighting {self.map_weighting!r} not in {MAP_WEIGHTINGS}")
-        if self.score not in SCORES:
-            problems.append(f"score {self.score!r} not in {SCORES}")
+        weightings = (*MAP_WEIGHTINGS, *PEER_MAP_WEIGHTINGS.get(self.method, ()))
+        if self.map_weighting not in weightings:
+            problems.append(f"map_weighting {self.map_weighting!r} not in {weightings}")
+        scores = (*SCORES, *PEER_SCORES.get(self.method, ()))
+        if self.score not in scores:
+            problems.append(f"score {self.score!r} not in {scores}")
+        if (self.method == "anomalib-patchcore") != (self.coreset_ratio is not None):
+            problems.append("method 'anomalib-patchcore' and only it takes a coreset_ratio")
+        elif self.coreset_ratio is not None and not 0 < self.coreset_ratio <= 1:
+            problems.append(f"coreset_ratio {self.coreset_ratio:g} must be in (0, 1]")
         if not self.layers:
             problems.append("layers is empty")
         if (self.method == "mixed") != (self.teacher2 is not None):
@@ -94,6 +115,18 @@ class Variant:
             problems.append("teacher2 needs layers2")
         if problems:
             raise VariantError("invalid variant: " + "; ".join(problems))
+
+    def _peer_problems(self) -> list[str]:
+        """A peer's fields must describe the peer's model as its authors built it."""
+        problems = []
+        if self.student != PEER_STUDENT[self.method]:
+            problems.append(f"{self.method} has student {PEER_STUDENT[self.method]!r} (its authors' own), "
+                            f"not {self.student!r}")
+        if self.pooling or self.pool_stem:
+            problems.append(f"{self.method} has no pooling (Eq. 1 is the reduced student's)")
+        if self.method == "anomalib-patchcore" and self.map_weighting != "plain":
+            problems.append("anomalib-patchcore concatenates its layers: map_weighting does not apply")
+        return problems
 
     def fields(self) -> dict:
         return dataclasses.asdict(self)
@@ -128,6 +161,13 @@ class Variant:
             if self.teacher2_init != "pretrained":
                 aux += f"({self.teacher2_init})"
             main = f"{main} + {aux} a={self.alpha:g} {self.fusion}"
+        if self.method in PEERS:
+            main = f"{self.method}: {self.teacher}{list(self.layers)}"
+            main += f"({self.teacher_init})" if self.teacher_init != "pretrained" else ""
+            main += f" coreset {self.coreset_ratio:g}" if self.coreset_ratio is not None else ""
+            main += f" layers {self.map_weighting}" if self.method == "anomalib-stfpm" else ""
+            main += f" blur {self.blur_sigma:g}" if self.blur_sigma else ""
+            return f"{main} {self.score}"
         return f"{main} {self.score}" + (" area-weighted" if self.map_weighting == "area" else "")
 
 
@@ -202,6 +242,8 @@ def _digest(fields: dict) -> str:
 _MIXED = dict(method="mixed", teacher="resnet18", layers=(0, 1, 2), student="reduced", pooling=True,
               teacher2="efficientnet_b0", layers2=(3, 4), student2="conv", alpha=0.1)
 _OFFLINE = dict(teacher="tf_efficientnet_lite0")
+_PATCHCORE = dict(method="anomalib-patchcore", teacher="wide_resnet50_2", layers=(2, 3), student="none", pooling=False,
+                  blur_sigma=0.0, score="native", coreset_ratio=0.1)
 
 PRESETS: dict[str, Variant] = {
     # The paper (§5.2): ResNet-18 teacher; stem + layer1..3; reduced student with pooling.
@@ -216,6 +258,17 @@ PRESETS: dict[str, Variant] = {
     "reduced-lite0": Variant("reduced", **_OFFLINE),
     "stpm-lite0": Variant("stpm", layers=(1, 2, 3), student="full", pooling=False, **_OFFLINE),
     "mixed-lite0": Variant(**{**_MIXED, **_OFFLINE}),
+    # anomalib's STFPM as it ships: resnet18 layer1..3, a full random-init student, layer maps
+    # multiplied, no blur, image score the map's max.
+    "anomalib-stfpm": Variant("anomalib-stfpm", layers=(1, 2, 3), student="full", pooling=False,
+                              map_weighting="product", blur_sigma=0.0, score="max"),
+    # anomalib's PatchCore as it ships: WRN50-2 layer2+layer3 (stride 8 and 16), 10 % coreset, 9
+    # neighbours for its reweighted image score (`native`); its map is its own (nearest upsampling,
+    # blur 4), so the suite adds no blur.
+    "anomalib-patchcore": Variant(**_PATCHCORE),
+    # PatchCore-1% (Roth et al.'s own name for it): the coreset a CPU affords. anomalib's k-center-greedy
+    # takes ~0.2 s per kept patch over 200 images' stride-8 patches on 2 cores (65 min at 10 %).
+    "anomalib-patchcore-1pct": Variant(**{**_PATCHCORE, "coreset_ratio": 0.01}),
 }
 
 

@@ -13,13 +13,13 @@ from bench.timing import run_timing
 from bench.variants import create_variant
 
 
-def fake_record(results, name, dataset, category, seed, rng, status="ok", recipe="quick", **overrides):
-    """A record as run_job writes it, with generated metrics (tests only; never under results/)."""
+def fake_record(results, name, dataset, category, seed, rng, status="ok", recipe="quick", metrics=None, **overrides):
+    """A record as run_job writes it, with generated (or the given) metrics (tests only; never under results/)."""
     v = create_variant(name, **overrides)
     job = Job(name, v, str(results), category, seed=seed, recipe=recipe, dataset=dataset)
     rec = job_record(job, "cpu", status)
     if status == "ok":
-        rec.metrics = {m: float(rng.uniform(0.6, 1.0)) for m in ("image_auroc", "pixel_auroc", "aupro", "f1_max")}
+        rec.metrics = metrics or {m: float(rng.uniform(0.6, 1.0)) for m in ("image_auroc", "pixel_auroc", "aupro", "f1_max")}
         rec.teachers = [{"backbone": v.teacher, "kind": "random", "file": None, "sha256": None, "label": None}]
         rec.test = {"labels": [0, 0, 1, 1], "scores": rng.random(4).tolist(), "defect": ["good"] * 2 + ["x"] * 2}
         rec.train = {"best_epoch": 1}
@@ -66,7 +66,12 @@ def test_table1_table4_table5_table6_shapes(results):
     assert t1.loc[("mvtec_anomaly_detection",)].shape[0] == 1
     assert (t1.loc[("mvtec_anomaly_detection",)][["layers 1+2", "layers 2+3"]] == "not run").all(axis=None)
     t4 = report.table4_mixed(runs)
-    assert t4.shape == (2, 4)
+    # mixed, reduced, stpm (not run), the two anomalib peers (not run), the paper's mixed and PatchCore
+    assert t4.shape == (2, 7)
+    assert [c for c in t4.columns if c.startswith("anomalib")] == ["anomalib-stfpm · not run",
+                                                                   "anomalib-patchcore · not run"]
+    assert {f"{report.paper.SOURCE}: mixed", f"{report.paper.SOURCE}: PatchCore"} <= set(t4.columns)
+    assert any(c.startswith("mixed ·") and c.endswith("· score sum") for c in t4.columns)  # each column names its score
     t5 = report.table5_pixel(runs)
     assert set(t5) == {"pixel AUROC", "AUPRO (FPR <= 0.3; the paper reports none)"}
     t6 = report.table6_btad(runs)
@@ -225,3 +230,30 @@ def test_a_run_matching_two_presets_of_a_grid_is_counted_once_under_its_own_teac
         fake_record(tmp_path, "reduced-lite0", "kolektorsdd", "kolektorsdd", seed, rng)
     t = report.ablation_table(report.load_runs(tmp_path), str(grid))
     assert t.index.get_level_values("base").tolist() == ["reduced-lite0"]   # not once per preset
+
+
+def test_parity_pairs_by_seed_and_gives_a_verdict(tmp_path):
+    """Ours and anomalib's STFPM under the same reading, paired by seed; anomalib's product map
+    against its summed map on the same students. Metrics are set so the answer is known."""
+    rng = np.random.default_rng(0)
+    shift = {"image_auroc": 0.0, "pixel_auroc": 0.05, "aupro": 0.0}   # pixel AUROC: anomalib always +5
+    for seed in (0, 1, 2):
+        base = {m: 0.7 + 0.02 * seed for m in shift}
+        for name, extra, metrics in (
+                ("stpm", dict(blur_sigma=0.0, score="max"), base),
+                ("anomalib-stfpm", dict(map_weighting="plain"), {m: v + shift[m] for m, v in base.items()}),
+                ("anomalib-stfpm", {}, {m: v - 0.1 for m, v in base.items()})):   # product: 10 points lower
+            fake_record(tmp_path, name, "kolektorsdd", "kolektorsdd", seed, rng, metrics={**metrics, "f1_max": 0.5},
+                        teacher="resnet18", **extra)
+    runs = report.load_runs(tmp_path)
+    t = report.parity_table(runs).reset_index()
+    like = t[(t["layer maps"] == "summed (Eq. 9-10)") & (t.blur == 0.0) & (t.score == "max")].set_index("metric")
+    assert like.loc["image_auroc", "verdict"] == "same within CI"
+    assert like.loc["pixel_auroc", "verdict"] == "differs"
+    assert like.loc["pixel_auroc", "Δ anomalib − ours (paired)"].startswith("5.0")
+    own = t[t["layer maps"] == "multiplied (anomalib)"]
+    assert (own["STPM (ours)"] == "—").all() and len(own) == 3
+    effect = report.product_effect(runs)
+    assert effect["seeds"].tolist() == [3]
+    assert all(effect[m].iloc[0].startswith("-10.0") for m in ("image_auroc", "aupro"))
+    assert effect["pixel_auroc"].iloc[0].startswith("-15.0")

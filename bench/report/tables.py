@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pandas as pd
 
 from bench import paper
 from bench.grids import RECIPE_AXIS, Grid, axis_label
-from bench.report.frames import TEACHER_FIELDS, ok_records, runs_frame, runs_of_grid, runs_of_preset
-from bench.report.numbers import NOT_RUN, fmt_mean_ci
+from bench.report.frames import (FREE, METRICS, TEACHER_FIELDS, ok_records, runs_frame, runs_of_grid,
+                                 runs_of_preset)
+from bench.report.numbers import NOT_RUN, ci95, fmt_mean_ci
+from bench.variants import PEERS
 
 FAMILY_NAMES = {"mvtec": "MVTec AD", "btad": "BTAD"}
 ROWS = ["dataset", "category", "teachers", "recipe"]
@@ -89,39 +92,114 @@ def _paper_column(index: pd.Index, datasets: pd.Index, table: pd.DataFrame, colu
     return out
 
 
-def _method_table(records, methods, metric, datasets, paper_table, paper_col, family="mvtec") -> pd.DataFrame:
+# The paper's column each measured peer stands beside (where the paper has one).
+PAPER_PEER = {"anomalib-stfpm": "STPM", "anomalib-patchcore": "PatchCore"}
+
+
+def _reading(row) -> str:
+    """What a column's numbers were scored with: every method keeps its own image score."""
+    coreset = f"coreset {row['v.coreset_ratio']:g} · " if row["method"] == "anomalib-patchcore" else ""
+    return f"{coreset}score {row['v.score']}"
+
+
+def _method_table(records, methods, metric, datasets, paper_table, paper_cols, family="mvtec") -> pd.DataFrame:
     runs = runs_frame(records, datasets)
-    frames = [f for f in (runs_of_preset(runs, m) for m in methods) if not f.empty]
+    frames = [f for f in (runs_of_preset(runs, m, FREE.get(m, ())) for m in methods) if not f.empty]
     if not frames:
         return _not_run()
     df = pd.concat(frames)
-    df = df.assign(column=df["method"] + " · " + df["teachers"] + " · " + df["recipe"])
+    df = df.assign(column=df["method"] + " · " + df["teachers"] + " · " + df["recipe"] + " · "
+                   + df.apply(_reading, axis=1))
     table = _pivot(df, ["dataset", "category"], ["column"], metric)
     for m in methods:  # a method with no record still gets its column
         if not any(c.startswith(m + " ·") for c in table.columns):
             table[f"{m} · {NOT_RUN}"] = NOT_RUN
-    if paper_col:
-        table[f"{paper.SOURCE}: {paper_col}"] = _paper_column(table.index.get_level_values("category"),
-                                                              table.index.get_level_values("dataset"),
-                                                              paper_table, paper_col, family)
+    for col in paper_cols:
+        table[f"{paper.SOURCE}: {col}"] = _paper_column(table.index.get_level_values("category"),
+                                                        table.index.get_level_values("dataset"),
+                                                        paper_table, col, family)
     return table
 
 
+def _paper_peers(table: pd.DataFrame) -> tuple[str, ...]:
+    return tuple(PAPER_PEER[p] for p in PEERS if PAPER_PEER[p] in table.columns)
+
+
 def table2_reduced(records, datasets=None) -> pd.DataFrame:
-    return _method_table(records, ("reduced", "stpm"), "image_auroc", datasets, paper.TABLE2, "reduced")
+    return _method_table(records, ("reduced", "stpm", *PEERS), "image_auroc", datasets, paper.TABLE2,
+                         ("reduced", *_paper_peers(paper.TABLE2)))
 
 
 def table4_mixed(records, datasets=None) -> pd.DataFrame:
-    return _method_table(records, ("mixed", "reduced", "stpm"), "image_auroc", datasets, paper.TABLE4, "mixed")
+    return _method_table(records, ("mixed", "reduced", "stpm", *PEERS), "image_auroc", datasets, paper.TABLE4,
+                         ("mixed", *_paper_peers(paper.TABLE4)))
 
 
 AUPRO_TITLE = "AUPRO (FPR <= 0.3; the paper reports none)"
 
 
 def table5_pixel(records, datasets=None) -> dict[str, pd.DataFrame]:
-    methods = ("mixed", "reduced", "stpm")
-    return {"pixel AUROC": _method_table(records, methods, "pixel_auroc", datasets, paper.TABLE5, "mixed"),
-            AUPRO_TITLE: _method_table(records, methods, "aupro", datasets, paper.TABLE5, None)}
+    methods = ("mixed", "reduced", "stpm", *PEERS)
+    return {"pixel AUROC": _method_table(records, methods, "pixel_auroc", datasets, paper.TABLE5,
+                                         ("mixed", *_paper_peers(paper.TABLE5))),
+            AUPRO_TITLE: _method_table(records, methods, "aupro", datasets, paper.TABLE5, ())}
+
+
+PARITY_SIDES = {"STPM (ours)": ("stpm", ("blur_sigma", "score")),
+                "anomalib STFPM": ("anomalib-stfpm", ("blur_sigma", "score", "map_weighting"))}
+MAP_READINGS = {"product": "multiplied (anomalib)", "plain": "summed (Eq. 9-10)", "area": "area-weighted sum"}
+
+
+def parity_table(records, datasets=None) -> pd.DataFrame:
+    """Our STPM against anomalib's STFPM (same teacher, layers, recipe, images) under each reading of
+    the map (layer maps summed or multiplied, blur, image score): mean ± 95 % CI over seeds for each,
+    and their difference paired by seed (same split, training images and batch order; only the
+    students' initial weights differ). `same within CI` where that interval holds 0."""
+    df = runs_frame(records, datasets)
+    sides = {side: runs_of_preset(df, preset, free) for side, (preset, free) in PARITY_SIDES.items()}
+    sides = {k: v for k, v in sides.items() if not v.empty}
+    if len(sides) < 2:
+        return _not_run(" (the parity grid: invoke ablate --grid parity)")
+    keys = ["dataset", "category", "teachers", "recipe", "layer maps", "blur", "score"]
+    both = pd.concat([g.assign(side=side, blur=g["v.blur_sigma"], score=g["v.score"],
+                               **{"layer maps": g["v.map_weighting"].map(MAP_READINGS)})
+                      for side, g in sides.items()])
+    # only where anomalib's STFPM ran: our other STPM records are Table 2's
+    where = ["dataset", "category", "teachers", "recipe"]
+    peer = set(map(tuple, sides["anomalib STFPM"][where].drop_duplicates().values))
+    both = both[[tuple(r) in peer for r in both[where].values]]
+    rows = []
+    for key, g in both.groupby(keys, sort=True):
+        for metric in METRICS:
+            per = {side: s.set_index("seed")[metric] for side, s in g.groupby("side")}
+            row = dict(zip(keys, key), metric=metric,
+                       **{side: fmt_mean_ci(per[side]) if side in per else "—" for side in sides})
+            if len(per) == 2:
+                diff = (per["anomalib STFPM"] - per["STPM (ours)"]).dropna()
+                half = ci95(diff)
+                row["Δ anomalib − ours (paired)"] = fmt_mean_ci(diff)
+                row["verdict"] = ("one seed" if np.isnan(half) else
+                                  "same within CI" if abs(diff.mean()) <= half else "differs")
+            rows.append(row)
+    return pd.DataFrame(rows).set_index([*keys, "metric"]).fillna("—")
+
+
+def product_effect(records, datasets=None) -> pd.DataFrame:
+    """What anomalib's own map costs its own students: the layer maps multiplied (as it ships) minus
+    summed (Eq. 9-10), the same trained students, blur and score, paired by seed."""
+    df = runs_of_preset(runs_frame(records, datasets), "anomalib-stfpm", ("blur_sigma", "score", "map_weighting"))
+    if df.empty:
+        return _not_run(" (the peers and parity grids)")
+    keys = ["dataset", "category", "teachers", "recipe", "v.blur_sigma", "v.score"]
+    rows = []
+    for key, g in df.groupby(keys, sort=True):
+        per = {w: s.set_index("seed") for w, s in g.groupby("v.map_weighting")}
+        if {"product", "plain"} <= set(per):
+            rows.append({**dict(zip(keys, key)), "seeds": len(per["product"].index.intersection(per["plain"].index)),
+                         **{m: fmt_mean_ci((per["product"][m] - per["plain"][m]).dropna()) for m in METRICS}})
+    if not rows:
+        return _not_run(" (needs anomalib's STFPM under both map readings)")
+    return pd.DataFrame(rows).rename(columns={"v.blur_sigma": "blur", "v.score": "score"}).set_index(keys[:4])
 
 
 def table6_btad(records) -> pd.DataFrame:
@@ -132,7 +210,7 @@ def table6_btad(records) -> pd.DataFrame:
                              f"{paper.SOURCE}: mixed": [f"{paper.TABLE6.loc['01', 'mixed']:.1f}"],
                              f"{paper.SOURCE}: FastFlow": [f"{paper.TABLE6.loc['01', 'FastFlow']:.1f}"]},
                             index=pd.Index(["BTAD 01"], name="category"))
-    return _method_table(records, ("mixed", "reduced"), "image_auroc", btad, paper.TABLE6, "mixed", family="btad")
+    return _method_table(records, ("mixed", "reduced"), "image_auroc", btad, paper.TABLE6, ("mixed",), family="btad")
 
 
 def paper_table(number: int) -> pd.DataFrame:
