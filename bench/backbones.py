@@ -97,7 +97,9 @@ class WeightSource:
     label: str | None = None
 
     def as_record(self) -> dict:
-        return {"kind": self.kind, "file": self.file, "sha256": self.sha256, "label": self.label}
+        """As a record keeps it: the file by name (its sha256 says which file it is), no machine path."""
+        return {"kind": self.kind, "file": Path(self.file).name if self.file else None, "sha256": self.sha256,
+                "label": self.label}
 
 
 def resolve_weights(backbone: str, init: str = "pretrained",
