@@ -54,6 +54,20 @@ def test_distance_as_one_minus_cos_equals_eq2(dtype, tol):
     assert torch.allclose(layer_distance(ft, fs).double(), textbook_distance(ft, fs).double(), atol=tol, rtol=0)
 
 
+def test_distance_a_few_images_at_a_time_is_the_whole_batch_at_once(monkeypatch):
+    """The cache-sized chunks change no value, with or without gradients, and not in an export."""
+    from bench import detector
+    g = torch.Generator().manual_seed(1)
+    ft, fs = torch.randn(5, 64, 16, 16, generator=g), torch.randn(5, 64, 16, 16, generator=g, requires_grad=True)
+    whole = layer_distance(ft, fs)
+    monkeypatch.setattr(detector, "DISTANCE_CHUNK_BYTES", 2 * 64 * 16 * 16 * 4)   # two images a chunk
+    chunked = layer_distance(ft, fs)
+    assert torch.allclose(chunked, whole, atol=1e-7, rtol=0)
+    assert torch.allclose(torch.autograd.grad(chunked.sum(), fs)[0], torch.autograd.grad(whole.sum(), fs)[0], atol=1e-7)
+    traced = torch.jit.trace(lambda a, b: layer_distance(a, b), (ft[:2], fs[:2].detach()))
+    assert torch.allclose(traced(ft, fs.detach()), whole, atol=1e-7)   # the batch size stays free when traced
+
+
 def test_distance_accumulates_half_precision_in_fp32():
     ft, fs = torch.randn(2, 512, 4, 4) * 20, torch.randn(2, 512, 4, 4) * 20   # |f|^2 ~ 2e5 > fp16's max
     d = layer_distance(ft.half(), fs.half())
