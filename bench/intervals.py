@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from bench.records import TimingRecord
+from bench.variants import Variant
 
 # (numerator, denominator) by subject name before any '@map-path' suffix
 PAIRS = (("reduced", "stpm"), ("reduced", "anomalib-stfpm"), ("stpm", "anomalib-stfpm"), ("mixed", "reduced"),
@@ -71,11 +72,39 @@ def run_ratios(records: list[TimingRecord]) -> pd.DataFrame:
                 peer = "peer" in (a.role, b.role)
                 like = peer or pa[1:] == pb[1:]       # same map path and backend, or against a peer
                 if ((pa[0], pb[0]) in PAIRS and like) or (pa[2] == "ort" and pb[2] == "eager" and pa[:2] == pb[:2]):
-                    rows.append({**head, "ratio": f"{a.name} / {b.name}",
+                    rows.append({**head, "ratio": f"{a.name} / {b.name}", "archs": f"{_arch(a)} / {_arch(b)}",
                                  **_summary(per_round_ratio(a, b))})
             if a.role == "detector" and a.floor in subjects:
-                rows.append({**head, "ratio": f"{a.name} / floor",
+                rows.append({**head, "ratio": f"{a.name} / floor", "archs": f"{_arch(a)} / {a.floor}",
                              **_summary(per_round_ratio(a, subjects[a.floor]))})
+    return pd.DataFrame(rows)
+
+
+def _arch(r: TimingRecord) -> str:
+    """What a subject is, whatever its name: its architecture (Variant.arch_key) and backend."""
+    return (Variant.from_record(r).arch_key if r.variant else r.name) + ("" if r.backend == "eager" else f"[{r.backend}]")
+
+
+def across_runs(records: list[TimingRecord]) -> pd.DataFrame:
+    """The same ratio (same code, architectures and cell) in every run on one device that timed it:
+    each run's median over its rounds, and across the runs their median and range. A run's interval
+    holds one process's machine state; a new process can land elsewhere, and this shows how far."""
+    df = run_ratios(records)
+    if df.empty:
+        return df
+    device = {r.run_id: r.env.get("device_name") for r in records}
+    code = {r.run_id: str(r.env.get("git_revision") or "?")[:7] for r in records}
+    df = df.assign(device=df.run_id.map(device), code=df.run_id.map(code))
+    keys = ["device", "code", "scope", "batch_size", "precision", "channels_last", "compile", "cuda_graphs", "ratio", "archs"]
+    rows = []
+    for key, g in df.groupby(keys, sort=True):
+        if g.run_id.nunique() < 2:
+            continue
+        g = g.sort_values("run_id")
+        rows.append({**dict(zip(keys, key)), "runs": len(g),
+                     "each run (oldest first)": ", ".join(f"{m:.2f}" for m in g["median"]),
+                     "median of runs": round(float(np.median(g["median"])), 2),
+                     "range": f"[{g['median'].min():.2f}, {g['median'].max():.2f}]"})
     return pd.DataFrame(rows)
 
 

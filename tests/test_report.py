@@ -257,3 +257,20 @@ def test_parity_pairs_by_seed_and_gives_a_verdict(tmp_path):
     assert effect["seeds"].tolist() == [3]
     assert all(effect[m].iloc[0].startswith("-10.0") for m in ("image_auroc", "aupro"))
     assert effect["pixel_auroc"].iloc[0].startswith("-15.0")
+
+
+def test_ratios_across_runs_put_each_run_beside_the_others(tmp_path):
+    """Two runs of the same subjects: every ratio has both runs' medians; a run of other
+    architectures under the same names (another teacher) is not mixed in."""
+    options = dict(device="cpu", batch_sizes=[1], iters=2, warmup=1, rounds=2, results=tmp_path, image_size=64,
+                   peers=False, scopes=["map"])
+    import time
+    for _ in range(2):
+        run_timing(variants=["reduced", "stpm"], **options)
+        time.sleep(1.1)   # run ids are per second
+    run_timing(variants=["reduced", "stpm"], overrides={"teacher": "resnet34"}, **options)
+    table = report.timing_across_runs(report.load_timing(tmp_path)).reset_index()
+    pair = table[table.ratio == "reduced / stpm"]
+    assert len(pair) == 1 and pair.runs.iloc[0] == 2 and len(pair["each run (oldest first)"].iloc[0].split(", ")) == 2
+    lo, hi = map(float, pair["range"].iloc[0].strip("[]").split(", "))
+    assert lo <= pair["median of runs"].iloc[0] <= hi

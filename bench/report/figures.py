@@ -9,7 +9,7 @@ from sklearn.metrics import roc_curve
 
 from bench.grids import RECIPE_AXIS, Grid, axis_label, list_grids
 from bench.records import RunRecord, TimingRecord
-from bench.report.frames import ok_records, runs_frame, runs_of_grid, runs_of_preset, teachers_label
+from bench.report.frames import FREE, ok_records, runs_frame, runs_of_grid, runs_of_preset, teachers_label
 from bench.report.numbers import NOT_RUN, ci95
 from bench.report.timing_tables import is_plain, one_run, timing_frame
 from bench.variants import PRESETS
@@ -89,15 +89,21 @@ def speed_vs_accuracy(records: list[RunRecord], timing: list[TimingRecord], scop
         fig, ax = plt.subplots(figsize=(7, 5))
         ax.text(0.5, 0.5, NOT_RUN + " (no timing records)", ha="center")
         return fig
-    t = one_run(t[t.map_path != "lean"] if (t.map_path != "lean").any() else t)   # one session timed a lean approximation beside it
-    devices = sorted(t.device.unique())
+    t = t[t.map_path != "lean"] if (t.map_path != "lean").any() else t   # one session timed a lean approximation beside it
     runs = runs_frame(records)
+    recorded = set(runs.arch_key) if not runs.empty else set()
+    # the one run (per device) that places the most recorded architectures: speeds on a panel are side by side
+    t = one_run(t, rank=lambda rows: len(recorded & set(rows.arch_key)))
+    devices = sorted(t.device.unique())
     panels = []
     for device in devices:
         speed = dict(zip(t[t.device == device].arch_key, t[t.device == device].images_per_s))
         points = []
         if not runs.empty:
             for (ds, arch, recipe), g in runs[runs.arch_key.isin(speed)].groupby(["dataset", "arch_key", "recipe"]):
+                # one architecture scored several ways (score, blur, map readings): its method's own reading
+                canonical = g.index.isin(runs_of_preset(g, g.method.iloc[0], FREE.get(g.method.iloc[0], ())).index)
+                g = g[canonical] if canonical.any() else g
                 points.append((ds, float(speed[arch]), float(g.image_auroc.mean()),
                                f"{g.variant_name.iloc[0]} ({g.teachers.iloc[0]}, {recipe})"))
         panels.append(sorted(points, key=lambda p: (p[0], -p[2], -p[1])))

@@ -8,10 +8,11 @@ import pandas as pd
 from bench import intervals
 from bench.records import TimingRecord
 from bench.report.numbers import NOT_RUN
-from bench.variants import Variant
+from bench.variants import Variant, create_variant
 
 # Table 3's subjects first, in the paper's order; every other subject after them, sorted.
 TABLE3_FIRST = ("reduced", "stpm", "mixed", "anomalib-stfpm")
+PAPERS_REDUCED = create_variant("reduced", teacher_init="random").arch_key
 
 
 def timing_frame(timing: list[TimingRecord]) -> pd.DataFrame:
@@ -33,14 +34,22 @@ def is_plain(df: pd.DataFrame) -> pd.Series:
     return ~df.channels_last & ~df["compile"] & ~df.cuda_graphs
 
 
-def one_run(df: pd.DataFrame) -> pd.DataFrame:
-    """Per device, the rows of one run only: the latest run with interleaved rounds, or, where a
-    device has none, its latest single-pass run."""
+def one_run(df: pd.DataFrame, rank=None) -> pd.DataFrame:
+    """Per device, the rows of one run only: the latest run with interleaved rounds (where a device
+    has none, its latest single-pass run); with RANK (a run's rows -> a number), the latest of the
+    runs ranked highest."""
     keep = []
     for _, g in df.groupby("device_type"):
         pool = g[g.rounds > 0] if (g.rounds > 0).any() else g
-        keep.append(pool[pool.run_id == pool.run_id.max()])
+        runs = {run: (rank(rows) if rank else 0, run) for run, rows in pool.groupby("run_id")}
+        keep.append(pool[pool.run_id == max(runs, key=runs.get)])
     return pd.concat(keep) if keep else df
+
+
+def _times_the_papers_detectors(rows: pd.DataFrame) -> tuple[bool, int]:
+    """Table 3 is the paper's architectures (ResNet-18 teachers): a run of other teachers (the peers
+    grid's Lite0) ranks below one of them, and a run with more of Table 3's subjects above one with fewer."""
+    return PAPERS_REDUCED in set(rows.arch_key), len(set(rows.name) & set(TABLE3_FIRST))
 
 
 def table3_timing(timing: list[TimingRecord], scope: str = "map", batch_size: int = 1, precision: str = "fp32",
@@ -54,7 +63,7 @@ def table3_timing(timing: list[TimingRecord], scope: str = "map", batch_size: in
         df = df[df.device_type == device_type]
     if df.empty:
         return pd.DataFrame({"status": [NOT_RUN + f" (no {scope} b{batch_size} {precision} records)"]})
-    df = one_run(df)
+    df = one_run(df, rank=_times_the_papers_detectors)
     rows = []
     for device, g in df.groupby("device"):
         run = g.run_id.iloc[0] + ("" if g.rounds.iloc[0] else " (single pass, before interleaved rounds)")
@@ -67,7 +76,8 @@ def table3_timing(timing: list[TimingRecord], scope: str = "map", batch_size: in
             rows.append({"device": device, "run": run, "measure": "fraction of floor",
                          **{n: f"{v:.2f}" for n, v in floors.items()}})
     table = pd.DataFrame(rows).set_index(["device", "run", "measure"]).fillna("—")
-    first = [n for n in table.columns if n.split("@")[0] in TABLE3_FIRST]
+    first = sorted((n for n in table.columns if n.split("@")[0] in TABLE3_FIRST),
+                   key=lambda n: (TABLE3_FIRST.index(n.split("@")[0]), n))
     return table[first + sorted(c for c in table.columns if c not in first)]
 
 
@@ -120,6 +130,17 @@ def timing_ratios(timing: list[TimingRecord], scope: str = "map") -> pd.DataFram
     out = table.pivot_table(index=["device", "run_id", "ratio"], columns="cell", values="value", aggfunc="first")
     out.columns.name = None
     return out.fillna("—")
+
+
+def timing_across_runs(timing: list[TimingRecord], scope: str = "map") -> pd.DataFrame:
+    """Each ratio in every run that timed it (same code, architectures and cell; `code` is the git
+    revision): how far a repeat in a new process moves it, beside the intervals of one run."""
+    table = intervals.across_runs(timing)
+    if table.empty:
+        return table
+    table = table[(table.scope == scope) & ~table["compile"] & ~table.cuda_graphs]
+    return table.drop(columns=["scope", "compile", "cuda_graphs", "archs"]).set_index(
+        ["device", "code", "ratio", "batch_size", "precision", "channels_last"]).sort_index()
 
 
 def timing_map_cost(timing: list[TimingRecord]) -> pd.DataFrame:
