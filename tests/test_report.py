@@ -111,8 +111,13 @@ def test_table3_rows_come_from_one_run_never_mixed():
               _timing("20260102T000000Z", "reduced", 120.0), _timing("20260103T000000Z", "mixed", 30.0),
               _timing("20260104T000000Z", "reduced", 999.0, device="cpu")]
     t3 = report.table3_timing(timing, device_type="cuda")
-    assert list(t3.columns) == ["mixed"]          # the latest run alone, labelled as single pass
+    # one run alone: of the runs with most of Table 3's subjects the latest, labelled as single pass
+    assert list(t3.columns) == ["reduced", "stpm"]
+    assert t3.index.get_level_values("run")[0].startswith("20260101T000000Z")
     assert "single pass" in t3.index.get_level_values("run")[0]
+    timing.append(_timing("20260105T000000Z", "stpm", 40.0))
+    timing.append(_timing("20260105T000000Z", "mixed", 20.0))
+    assert list(report.table3_timing(timing, device_type="cuda").columns) == ["stpm", "mixed"]   # as many, later
     rounds = dict(rounds=[{"median_ms": 10.0}] * 2)
     timing.append(_timing("20260101T120000Z", "stpm", 100.0, **rounds))
     t3 = report.table3_timing(timing, device_type="cuda")   # a run with rounds wins over later single passes
