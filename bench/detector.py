@@ -208,6 +208,11 @@ class Prediction:
 class Detector(nn.Module):
     """Reduced student and STPM have one branch; MixedTeacher has two, the second weighted by alpha."""
 
+    part_names = BRANCH_NAMES     # what branch_maps' parts are called (a peer's further parts are no maps)
+    map_path = MAP_PATH           # how the maps were computed, as a record says it
+    implementation = None         # a peer's package and classes; ours: None
+    fit_fn = None                 # a detector that learns without gradients brings its own (train.fit otherwise)
+
     def __init__(self, branches: list[Branch], alpha: float = 0.1, fusion: str = "minmax",
                  score: str = "sum", blur_sigma: float = 4.0, map_weighting: str = "plain"):
         super().__init__()
@@ -272,4 +277,4 @@ class Detector(nn.Module):
         calls its two halves so that variants differing only in evaluation share the branch maps)."""
         per_branch = self.branch_maps(x)
         scores, maps = self.score_maps(per_branch, tuple(x.shape[-2:]), full_size)
-        return Prediction(scores, maps, dict(zip(BRANCH_NAMES, per_branch)))
+        return Prediction(scores, maps, dict(zip(self.part_names, per_branch)))

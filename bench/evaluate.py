@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from bench.data import to_unit_float
-from bench.detector import BRANCH_NAMES, Detector
+from bench.detector import Detector
 from bench.metrics import all_metrics
 
 
@@ -44,6 +44,4 @@ def score_and_measure(detector: Detector, per_branch: list[list[torch.Tensor]], 
     maps = np.concatenate(maps).astype(np.float32)
     if not np.isfinite(scores).all():
         raise FloatingPointError("the detector produced non-finite anomaly scores")
-    # a peer's further parts are no maps (PatchCore's own image scores): its part_names leave them out
-    names = getattr(detector, "part_names", BRANCH_NAMES)
-    return Evaluation(all_metrics(labels, scores, masks, maps), scores, maps, dict(zip(names, per_branch)))
+    return Evaluation(all_metrics(labels, scores, masks, maps), scores, maps, dict(zip(detector.part_names, per_branch)))

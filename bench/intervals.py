@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from bench.records import TimingRecord
-from bench.variants import Variant
 
 # (numerator, denominator) by subject name before any '@map-path' suffix
 PAIRS = (("reduced", "stpm"), ("reduced", "anomalib-stfpm"), ("stpm", "anomalib-stfpm"), ("mixed", "reduced"),
@@ -82,7 +81,7 @@ def run_ratios(records: list[TimingRecord]) -> pd.DataFrame:
 
 def _arch(r: TimingRecord) -> str:
     """What a subject is, whatever its name: its architecture (Variant.arch_key) and backend."""
-    return (Variant.from_record(r).arch_key if r.variant else r.name) + ("" if r.backend == "eager" else f"[{r.backend}]")
+    return (r.arch_key or r.name) + ("" if r.backend == "eager" else f"[{r.backend}]")
 
 
 def across_runs(records: list[TimingRecord]) -> pd.DataFrame:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from bench.backbones import WeightsError, _load_pretrained, resolve_weights, timm_layer_names
 from bench.data import to_unit_float
-from bench.detector import MAP_PATH, Detector, Prediction, gaussian_blur, image_score, layer_maps, upsample_sum
+from bench.detector import MAP_PATH, Detector, gaussian_blur, image_score, layer_maps, upsample_sum
 from bench.errors import BenchError
 from bench.variants import PEERS, Variant
 
@@ -51,7 +51,7 @@ def anomalib_version() -> str | None:
 def require_anomalib(method: str) -> str:
     """anomalib's version, or PeerError naming the extra: said once, before any job runs."""
     try:
-        with _quiet():
+        with quiet_anomalib():
             import anomalib  # noqa: F401
             from anomalib.models.image.patchcore import torch_model  # noqa: F401
             from anomalib.models.image.stfpm import torch_model as _  # noqa: F401,F811
@@ -69,7 +69,7 @@ def check_peers(variants) -> None:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_anomalib():
     """anomalib's import warns about its own deprecated modules (dinov2, timm.models.layers): not ours to act on."""
     from bench import _tv_compat
     _tv_compat.install()
@@ -167,7 +167,7 @@ class StfpmPeer(PeerDetector):
     """anomalib's STFPMModel; its loss per image is anomalib's STFPMLoss on that image alone."""
 
     def __init__(self, variant: Variant, weights: dict | None = None):
-        with _quiet():
+        with quiet_anomalib():
             from anomalib.models.image.stfpm import torch_model
             from anomalib.models.image.stfpm.loss import STFPMLoss
         with no_download(torch_model):
@@ -229,7 +229,7 @@ class PatchcorePeer(PeerDetector):
     subsampled; image score its own (native) or a statistic of its map."""
 
     def __init__(self, variant: Variant, weights: dict | None = None):
-        with _quiet():
+        with quiet_anomalib():
             from anomalib.models.image.patchcore.torch_model import PatchcoreModel
         model = PatchcoreModel(layers=list(variant.layers), backbone=variant.teacher, pre_trained=False)
         mean, std = load_teacher(model.feature_extractor, variant, weights)
@@ -254,12 +254,6 @@ class PatchcorePeer(PeerDetector):
                    full_size: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         maps = gaussian_blur(upsample_sum(branches[0], size), self.blur_sigma)
         return (branches[1][0] if self.score == "native" else image_score(maps, self.score)), maps
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, full_size: bool = True) -> Prediction:
-        parts = self.branch_maps(x)
-        scores, maps = self.score_maps(parts, tuple(x.shape[-2:]), full_size)
-        return Prediction(scores, maps, {"main": parts[0]})
 
     @staticmethod
     def fit_fn(detector: PatchcorePeer, train_images: torch.Tensor, val_images: torch.Tensor, recipe, epochs: int,

@@ -178,6 +178,12 @@ class TimingRecord(_Record):
     gpu_activity: dict | None = None
 
     @property
+    def arch_key(self) -> str | None:
+        """The timed architecture (Variant.arch_key); None for a subject without a variant (a floor, anomalib's default STFPM)."""
+        from bench.variants import Variant   # variants builds detectors; records stay importable without them
+        return Variant.from_record(self).arch_key if self.variant else None
+
+    @property
     def round_images_per_s(self) -> list[float]:
         """Throughput of each round (derived from the rounds, never stored)."""
         return [self.batch_size / (r["median_ms"] / 1e3) for r in self.rounds]

@@ -16,7 +16,7 @@ import torch
 from bench import data as data_mod
 from bench.build import build_detector, teacher_sources
 from bench.data_entries import data_ref
-from bench.detector import MAP_PATH, upsample_sum
+from bench.detector import upsample_sum
 from bench.env import git_revision, hardware, software
 from bench.evaluate import branch_maps, score_and_measure
 from bench.jobs import Job
@@ -53,7 +53,7 @@ def _train_or_load(job: Job, detector, split, images, device, results, progress)
     train_idx, val_idx = data_mod.train_val_indices(len(split.train), job.seed, recipe.val_fraction)
     if recipe.max_train_images and len(train_idx) > recipe.max_train_images:
         train_idx = sorted(random.Random(job.seed).sample(train_idx, recipe.max_train_images))
-    learn = getattr(detector, "fit_fn", fit)  # a peer that learns without gradients (PatchCore) brings its own
+    learn = detector.fit_fn or fit
     summary = learn(detector, images[train_idx], images[val_idx], recipe, job.n_epochs,
                     job.seed, device=device, progress=progress, desc=job.describe())
     summary = {**dataclasses.asdict(summary), "n_train": len(train_idx), "n_val": len(val_idx)}
@@ -149,8 +149,8 @@ class StudentGroup:
         path = job.record_path(self.results)
         record = dataclasses.replace(
             job_record(job, self.device), metrics=ev.metrics, metric_settings=METRIC_SETTINGS,
-            map_path=getattr(detector, "map_path", MAP_PATH), train=summary, teachers=teacher_sources(detector),
-            implementation=getattr(detector, "implementation", None),
+            map_path=detector.map_path, train=summary, teachers=teacher_sources(detector),
+            implementation=detector.implementation,
             layout=test.split.layout, n_test=len(test.split.test), n_test_defective=int(test.labels.sum()),
             test={"labels": test.labels.tolist(), "scores": ev.scores.tolist(),
                   "defect": [s.defect for s in test.split.test]},

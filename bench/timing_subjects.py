@@ -27,7 +27,8 @@ from bench.build import build_detector
 from bench.data import to_unit_float
 from bench.detector import MAP_PATH
 from bench.errors import UsageError
-from bench.variants import PEERS, Variant
+from bench.peers import PeerError
+from bench.variants import PEERS, PRESETS, Variant
 
 SCOPES = ("network", "map", "end_to_end")
 E2E_MAP_DTYPE = torch.float16
@@ -88,10 +89,14 @@ def build_subjects(named: list[tuple[str, Variant]], peers: bool = True,
             except torch.onnx.errors.OnnxExporterError as err:  # one model's exporter gap: time the others
                 print(f"{name}: not exported to ONNX ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                       "timed in PyTorch only", file=sys.stderr)
-    if peers and "anomalib-stfpm" not in {s.name for s in subjects}:
-        peer = timing_peers.stfpm_model(device)
-        if peer is not None:
-            subjects.append(Subject("anomalib-stfpm", "peer", peer))
+    stfpm = dataclasses.replace(PRESETS["anomalib-stfpm"], teacher_init="random")
+    if peers and stfpm.arch_key not in seen:   # anomalib's STFPM as it ships, unless a grid timed it already
+        try:
+            model = peer_models.timing_model(stfpm, device, image_size)
+        except PeerError as err:  # absent or broken anomalib: our timings go on
+            print(f"{err}: peer not timed", file=sys.stderr)
+        else:
+            subjects.append(Subject("anomalib-stfpm", "peer", model))
             inferencer = timing_peers.stfpm_inferencer(device, export_dir)
             subjects.append(Subject("anomalib-stfpm[inferencer]", "peer", inferencer, backend="inferencer"))
     return subjects

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_curve
 
 from bench.grids import RECIPE_AXIS, Grid, axis_label, list_grids
 from bench.records import RunRecord, TimingRecord
-from bench.report.frames import FREE, ok_records, runs_frame, runs_of_grid, runs_of_preset, teachers_label
+from bench.report.frames import ok_records, runs_frame, runs_of_grid, runs_of_preset, teachers_label
 from bench.report.numbers import NOT_RUN, ci95
 from bench.report.timing_tables import is_plain, one_run, timing_frame
 from bench.variants import PRESETS
@@ -102,7 +102,7 @@ def speed_vs_accuracy(records: list[RunRecord], timing: list[TimingRecord], scop
         if not runs.empty:
             for (ds, arch, recipe), g in runs[runs.arch_key.isin(speed)].groupby(["dataset", "arch_key", "recipe"]):
                 # one architecture scored several ways (score, blur, map readings): its method's own reading
-                canonical = g.index.isin(runs_of_preset(g, g.method.iloc[0], FREE.get(g.method.iloc[0], ())).index)
+                canonical = g.index.isin(runs_of_preset(g, g.method.iloc[0]).index)
                 g = g[canonical] if canonical.any() else g
                 points.append((ds, float(speed[arch]), float(g.image_auroc.mean()),
                                f"{g.variant_name.iloc[0]} ({g.teachers.iloc[0]}, {recipe})"))

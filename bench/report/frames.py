@@ -63,13 +63,21 @@ def runs_frame(records: list[RunRecord], datasets: list[str] | None = None) -> p
     return pd.DataFrame(rows)
 
 
+def _free(method: str, free: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The fields a run of METHOD may differ in from its preset and still be the method."""
+    return (*TEACHER_FIELDS, *FREE.get(method, ()), *free)
+
+
 def runs_of_preset(df: pd.DataFrame, base: str, free: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Runs of preset BASE: every variant field as the preset's, except teachers and FREE fields."""
+    """Runs of preset BASE: every variant field as the preset's, except teachers, the method's free
+    fields and FREE."""
     if df.empty:
         return df
     mask = pd.Series(True, index=df.index)
-    for k, val in PRESETS[base].fields().items():
-        if k not in TEACHER_FIELDS and k not in free:
+    preset = PRESETS[base]
+    skip = _free(preset.method, free)
+    for k, val in preset.fields().items():
+        if k not in skip:
             mask &= df[f"v.{k}"].apply(lambda x, val=val: x == val or (val is None and _is_nan(x)))
     return df[mask]
 
@@ -143,8 +151,8 @@ def provenance(records: list[RunRecord], timing: list[TimingRecord]) -> pd.DataF
 def is_canonical(record: RunRecord) -> bool:
     """The run is its method's preset, up to the teachers it had (and its method's free fields)."""
     fields = Variant.from_record(record).fields()
-    free = (*TEACHER_FIELDS, *FREE.get(record.method, ()))
-    return all(fields[k] == v for k, v in PRESETS[record.method].fields().items() if k not in free)
+    skip = _free(record.method)
+    return all(fields[k] == v for k, v in PRESETS[record.method].fields().items() if k not in skip)
 
 
 def gallery_picks(records: list[RunRecord], datasets=None, path_part: str = "") -> list[RunRecord]:

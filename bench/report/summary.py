@@ -45,7 +45,7 @@ def sections(runs, timing, keep) -> list[tuple[str, pd.DataFrame, bool]]:
          timing_across_runs(timing), True),
         ("What the anomaly map costs (scope `map` minus `network`, per image, same run)", timing_map_cost(timing), True),
         ("Speed-up of channels_last / torch.compile / CUDA graphs over the plain model (scope `map`)",
-         timing_options(timing).fillna("—"), True),
+         timing_options(timing), True),
         (f"The paper's Table 3 ({paper.SOURCE}, anomalib on {paper.GPU})", paper_table(3), True),
     ]
 

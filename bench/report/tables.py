@@ -9,8 +9,7 @@ import pandas as pd
 
 from bench import paper
 from bench.grids import RECIPE_AXIS, Grid, axis_label
-from bench.report.frames import (FREE, METRICS, TEACHER_FIELDS, ok_records, runs_frame, runs_of_grid,
-                                 runs_of_preset)
+from bench.report.frames import METRICS, TEACHER_FIELDS, ok_records, runs_frame, runs_of_grid, runs_of_preset
 from bench.report.numbers import NOT_RUN, ci95, fmt_mean_ci
 from bench.variants import PEERS
 
@@ -104,7 +103,7 @@ def _reading(row) -> str:
 
 def _method_table(records, methods, metric, datasets, paper_table, paper_cols, family="mvtec") -> pd.DataFrame:
     runs = runs_frame(records, datasets)
-    frames = [f for f in (runs_of_preset(runs, m, FREE.get(m, ())) for m in methods) if not f.empty]
+    frames = [f for f in (runs_of_preset(runs, m) for m in methods) if not f.empty]
     if not frames:
         return _not_run()
     df = pd.concat(frames)

@@ -8,11 +8,11 @@ import pandas as pd
 from bench import intervals
 from bench.records import TimingRecord
 from bench.report.numbers import NOT_RUN
-from bench.variants import Variant, create_variant
+from bench.variants import PRESETS
 
 # Table 3's subjects first, in the paper's order; every other subject after them, sorted.
 TABLE3_FIRST = ("reduced", "stpm", "mixed", "anomalib-stfpm")
-PAPERS_REDUCED = create_variant("reduced", teacher_init="random").arch_key
+PAPERS_REDUCED = PRESETS["reduced"].arch_key
 
 
 def timing_frame(timing: list[TimingRecord]) -> pd.DataFrame:
@@ -24,7 +24,7 @@ def timing_frame(timing: list[TimingRecord]) -> pd.DataFrame:
              "images_per_s": r.images_per_s, "role": r.role, "floor": r.floor, "map_path": r.map_path or "exact",
              "rounds": len(r.rounds), "device": r.env["device_name"], "device_type": r.env["device"],
              "gmacs": r.gmacs, "variant_key": r.variant_key,
-             "arch_key": Variant.from_record(r).arch_key if r.variant else None}
+             "arch_key": r.arch_key}
             for r in timing if r.ok]
     return pd.DataFrame(rows)
 
@@ -106,7 +106,8 @@ def timing_options(timing: list[TimingRecord], scope: str = "map") -> pd.DataFra
         return pd.DataFrame()
     table = pd.DataFrame(out).pivot_table(index=["device", "run", "subject", "batch", "precision"],
                                           columns="option", values="speed-up")
-    return table.round(2)
+    table = table.round(2)
+    return table.astype(object).where(table.notna(), "—")   # an option a subject was not timed with
 
 
 def _device_names(timing: list[TimingRecord]) -> dict:
