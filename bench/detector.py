@@ -78,9 +78,11 @@ _OPERATORS: dict[tuple, torch.Tensor] = {}
 
 def _operator(key: tuple, build) -> torch.Tensor:
     # built in numpy: an operator first needed while torch traces a model (ONNX export) must enter
-    # the graph as a constant, not as the float64 ops that built it
+    # the graph as a constant, not as the float64 ops that built it; and never as an inference
+    # tensor (one first needed under inference_mode, e.g. by a timing run), which autograd refuses later
     if key not in _OPERATORS:
-        _OPERATORS[key] = torch.from_numpy(build()).to(dtype=key[-2], device=key[-1])
+        with torch.inference_mode(False):
+            _OPERATORS[key] = torch.from_numpy(build()).to(dtype=key[-2], device=key[-1])
     return _OPERATORS[key]
 
 

@@ -75,6 +75,15 @@ def test_distance_accumulates_half_precision_in_fp32():
     assert torch.allclose(d, textbook_distance(ft, fs), atol=2e-3)
 
 
+def test_an_operator_first_built_under_inference_mode_serves_autograd_later():
+    from bench.detector import upsample_sum
+    with torch.inference_mode():
+        resize_operator(37, 11)   # a shape nothing else asks for: first built here
+    x = torch.rand(2, 11, 11, requires_grad=True)
+    upsample_sum([x], (37, 37)).sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
 @pytest.mark.parametrize("n_in,n_out", [(16, 64), (32, 128), (7, 20), (64, 64), (64, 32)])
 def test_resize_operator_is_f_interpolate(n_in, n_out):
     m = torch.rand(3, n_in, n_in + 3)
