@@ -23,6 +23,7 @@ from torch import nn
 
 from bench import _tv_compat
 from bench.errors import BenchError
+from bench.max_pool import MaxPool2d
 
 _tv_compat.install()
 import timm  # noqa: E402  (needs the compat shim first)
@@ -250,7 +251,7 @@ def cut_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if family_of(model) == "resnet":
         act = getattr(model, "act1", None) or getattr(model, "relu")
         stages = [("act1", nn.Sequential(model.conv1, model.bn1, act)),
-                  ("layer1", nn.Sequential(model.maxpool, model.layer1))]
+                  ("layer1", nn.Sequential(MaxPool2d.like(model.maxpool), model.layer1))]
         stages += [(f"layer{i}", getattr(model, f"layer{i}")) for i in (2, 3, 4)]
         return stages
     stem = nn.Sequential(model.conv_stem, model.bn1, model.blocks[0])

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.backbones import Teacher, Trunk, cut_stages, family_of, timm
+from bench.max_pool import MaxPool2d
 
 STUDENT_KINDS = ("full", "reduced", "conv", "copy")
 
@@ -87,7 +88,7 @@ def half_resolution(stages: list[tuple[str, nn.Module]], pool_stem: bool = False
     out = list(stages)
     at = 0 if pool_stem else 1
     name, module = out[at]
-    out[at] = (name, nn.Sequential(module, nn.MaxPool2d(2)) if pool_stem else nn.Sequential(nn.MaxPool2d(2), module))
+    out[at] = (name, nn.Sequential(module, MaxPool2d(2)) if pool_stem else nn.Sequential(MaxPool2d(2), module))
     return out
 
 
