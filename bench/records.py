@@ -23,7 +23,7 @@ from bench.data_entries import data_ref
 from bench.store import read_records, write_json_atomic
 
 RUN_SCHEMA = 2
-TIMING_SCHEMA = 3
+TIMING_SCHEMA = 4
 # Timing teachers are random-initialised: weights do not change speed.
 TIMING_TEACHER_KIND = "random"
 
@@ -136,7 +136,7 @@ def upgrade_run(raw: dict) -> dict:
 @dataclass(kw_only=True)
 class TimingRecord(_Record):
     """One subject timed in one cell (scope, batch, precision, options) of one timing run.
-    `status`: ok, failed or oom."""
+    `status`: ok, failed, oom, or invalid (a measurement found wrong later, its error says why)."""
     schema_version: int = TIMING_SCHEMA
     run_id: str
     name: str                            # the subject: a variant name, "teacher:...", or a peer's
@@ -215,14 +215,51 @@ def subject_backbones(variant: dict | None, name: str, origin: str | None) -> li
 def upgrade_timing(raw: dict) -> dict:
     """Any timing record as the current schema. 1 (no version: single pass, no rounds) and 2 -> 3:
     `teachers` a list like a run record's, not a sentence; the per-round throughput, derived from
-    the rounds, no longer stored; the role of records that predate it."""
+    the rounds, no longer stored; the role of records that predate it. 3 -> 4 changes no field: the
+    records a channels_last leak made wrong are found run by run (flag_leaked_channels_last)."""
     rec = dict(raw)
     if rec.get("schema_version", 1) < 3:
         rec.setdefault("role", "peer" if rec.get("origin") == "anomalib" else "detector")
         rec["teachers"] = timing_teachers(subject_backbones(rec.get("variant"), str(rec.get("name", "")), rec.get("origin")))
         rec.pop("round_images_per_s", None)
-        rec["schema_version"] = 3
+    rec["schema_version"] = TIMING_SCHEMA
     return rec
+
+
+# Until schema 4, a channels_last cell converted the timed model in place (Module.to), so every
+# later cell of its run timed channels_last weights under a plain label. The cells ran in plan order
+# (scope as SCOPES lists them, batch size, precision, then the options); the cells that converted
+# the shared model are the channels_last ones without a cast copy (fp32, or autocast mode).
+LEAKED_CHANNELS_LAST = ("invalid: timed after a channels_last cell of its run had converted the model in place "
+                        "(a harness bug fixed with timing schema 4); not the plain-format measurement it is labelled")
+_CELL_ORDER = {"scope": ("network", "map", "end_to_end"), "precision": ("fp32", "fp16", "bf16")}
+
+
+def _cell_order(raw: dict) -> tuple:
+    def index(field):
+        order = _CELL_ORDER[field]
+        return order.index(raw[field]) if raw.get(field) in order else len(order)
+    return (index("scope"), raw.get("batch_size", 0), index("precision"), bool(raw.get("channels_last")),
+            bool(raw.get("compile")), bool(raw.get("cuda_graphs")))
+
+
+def flag_leaked_channels_last(raws: list[dict]) -> list[dict]:
+    """RAWS (timing records as read) with every record of schema < 4 that a channels_last leak made
+    wrong set to status `invalid` (named in its error): kept and readable, entering no table."""
+    first_leak: dict[str, tuple] = {}
+    for r in raws:
+        if (r.get("schema_version", 1) < 4 and r.get("channels_last") and r.get("backend", "eager") == "eager"
+                and (r.get("precision") == "fp32" or r.get("precision_mode") == "autocast")):
+            key = _cell_order(r)
+            first_leak[r["run_id"]] = min(key, first_leak.get(r["run_id"], key))
+    out = []
+    for r in raws:
+        leak = first_leak.get(r.get("run_id"))
+        if (leak is not None and r.get("schema_version", 1) < 4 and not r.get("channels_last")
+                and r.get("backend", "eager") == "eager" and r.get("status") == "ok" and _cell_order(r) > leak):
+            r = {**r, "status": "invalid", "error": LEAKED_CHANNELS_LAST}
+        out.append(r)
+    return out
 
 
 def read_runs(folder: str | Path) -> list[RunRecord]:
@@ -230,7 +267,7 @@ def read_runs(folder: str | Path) -> list[RunRecord]:
 
 
 def read_timing(folder: str | Path) -> list[TimingRecord]:
-    return [TimingRecord.from_dict(r, r["_path"]) for r in read_records(folder)]
+    return [TimingRecord.from_dict(r, r["_path"]) for r in flag_leaked_channels_last(read_records(folder))]
 
 
 def write(record: RunRecord | TimingRecord, path: str | Path) -> Path:
@@ -242,7 +279,8 @@ def migrate(results: str | Path) -> int:
     many changed. Re-runnable: a record already current is left as it is, byte for byte."""
     changed = 0
     for sub, cls in (("runs", RunRecord), ("timing", TimingRecord)):
-        for raw in read_records(Path(results) / sub):
+        raws = read_records(Path(results) / sub)
+        for raw in flag_leaked_channels_last(raws) if cls is TimingRecord else raws:
             path = raw.pop("_path")
             new = cls.from_dict(raw).to_dict()
             if json.dumps(new, sort_keys=True, default=str) != json.dumps(raw, sort_keys=True, default=str):

@@ -168,8 +168,13 @@ def _prepare(s: Subject, cell: Cell, protocol: Protocol):
              else torch.rand(cell.batch_size, 3, image_size, image_size,
                              device=device if s.backend == "inferencer" else "cpu"))
         return fn, x
-    if mode == "cast" and dtype != torch.float32:
-        model = copy.deepcopy(model).to(dtype)
+    cast = mode == "cast" and dtype != torch.float32
+    if cast or cell.channels_last:
+        # a cell's options go on its own copy: Module.to converts in place, and a channels_last model
+        # left behind was what every later cell of the run timed, labelled plain
+        model = copy.deepcopy(model)
+    if cast:
+        model = model.to(dtype)
     if cell.channels_last:
         model = model.to(memory_format=torch.channels_last)
     fn = subject_fn(dataclasses.replace(s, model=model), cell.scope, device,

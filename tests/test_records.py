@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from bench.grids import Grid
-from bench.records import RUN_SCHEMA, TIMING_SCHEMA, RunRecord, TimingRecord, migrate, read_runs, read_timing
+from bench.records import (RUN_SCHEMA, TIMING_SCHEMA, RunRecord, TimingRecord, flag_leaked_channels_last, migrate,
+                           read_runs, read_timing)
 from bench.run import job_record
 from bench.synthetic import make_dataset
 from bench.variants import Variant
@@ -87,3 +88,18 @@ def test_a_record_key_no_one_knows_is_kept():
 def test_old_absolute_data_paths_become_a_named_root(old, root):
     rec = RunRecord.from_dict({"status": "ok", "data_root": old})
     assert rec.data_root == root and rec.data_path == Path(old).name
+
+
+def test_plain_cells_after_an_in_place_channels_last_cell_are_flagged_invalid():
+    def raw(scope, bs, cl=False, precision="fp32", backend="eager", run="r", schema=3, mode="cast"):
+        return {"status": "ok", "run_id": run, "name": "reduced", "scope": scope, "batch_size": bs, "backend": backend,
+                "precision": precision, "channels_last": cl, "precision_mode": mode, "schema_version": schema}
+    raws = [raw("network", 1), raw("network", 1, cl=True), raw("network", 8), raw("map", 1, backend="onnxruntime"),
+            raw("map", 1), raw("map", 1, cl=True), raw("network", 8, run="fixed", schema=4),
+            raw("network", 1, run="fixed", cl=True, schema=4),
+            # a cast copy took the channels_last conversion: nothing leaked in this run
+            raw("map", 1, run="fp16", precision="fp16"), raw("map", 1, run="fp16", precision="fp16", cl=True),
+            raw("map", 8, run="fp16", precision="fp16")]
+    status = [TimingRecord.from_dict(r).status for r in flag_leaked_channels_last(raws)]
+    assert status == ["ok", "ok", "invalid", "ok", "invalid", "ok", "ok", "ok", "ok", "ok", "ok"]
+    assert TimingRecord.from_dict(raws[2]).schema_version == TIMING_SCHEMA == 4

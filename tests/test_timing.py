@@ -8,7 +8,7 @@ from bench.build import build_detector
 from bench.records import TIMING_SCHEMA, TimingRecord
 from bench.intervals import bootstrap_median, map_cost, per_round_ratio, run_ratios
 from bench.timing import run_timing
-from bench.timing_measure import Cell, interleaved_rounds, latency_stats, measure
+from bench.timing_measure import Cell, Protocol, interleaved_rounds, latency_stats, measure, time_cell
 from bench.timing_subjects import build_subjects, count_gmacs, subject_fn
 from bench.variants import create_variant
 
@@ -115,6 +115,16 @@ def test_cpu_run_records_every_round_of_every_subject_per_cell(tmp_path):
     assert on_disk["teachers"][0] == {"backbone": "resnet18", "kind": "random"}
     assert on_disk["env"]["threads_set"] == 1 and on_disk["env"]["allocator"] and on_disk["env"]["git_revision"]
     assert len(run_ratios(recs)) == 4 * 3   # reduced/stpm, reduced/floor, stpm/floor in 4 cells
+
+
+def test_a_channels_last_or_cast_cell_leaves_the_model_as_it_was():
+    # every later cell of a run times the same model object: an option of one cell must not leak
+    subs = build_subjects([("reduced", create_variant("reduced"))], peers=False)
+    protocol = Protocol(torch.device("cpu"), rounds=2, iters=1, warmup=0, image_size=64)
+    for cell in (Cell("map", 1, "fp32", channels_last=True), Cell("map", 1, "bf16")):
+        time_cell(subs, cell, protocol)
+        for s in subs:
+            assert all(p.dtype == torch.float32 and p.is_contiguous() for p in s.model.parameters()), (s.name, cell)
 
 
 @pytest.mark.parametrize("kwargs,match", [
