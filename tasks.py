@@ -212,13 +212,16 @@ def ablate(c, grid=None, data=None, categories=None, seeds=None, epochs=None, re
             "warmup": "warm-up iterations (>= 0)", "threads": "CPU threads (default: all cores; recorded)",
             "backends": "eager,onnxruntime: also export to ONNX and time ONNX Runtime (CPU) in the same rounds",
             "results": "results folder",
+            "keep_freed_memory": "glibc malloc keeps freed memory, as a deployment's allocator does (default; "
+                                 "--no-keep-freed-memory times glibc's defaults, which fault pages in on every large tensor)",
             "grid": "also time every distinct architecture of this grid (layers, pooling, teachers...)",
             "set": "FIELD=VALUE[,...] applied to every variant"},
       auto_shortflags=False)  # -h is help, not --channels-last
 @_boundary
 def timing(c, device="cpu", variants=None, batch_sizes=None, precisions=None, precision_mode="cast", scopes=None,
            compile=False, channels_last=False, no_cuda_graphs=False, peers=True, rounds=None, iters=None,
-           warmup=None, threads=None, backends="eager", results="results", grid=None, set=None):
+           warmup=None, threads=None, backends="eager", results="results", grid=None, set=None,
+           keep_freed_memory=True):
     """Latency and throughput, subjects side by side in interleaved rounds; one record per case in
     results/timing/; exits 1 if any case failed."""
     from bench.grids import parse_overrides, split_items
@@ -237,7 +240,8 @@ def timing(c, device="cpu", variants=None, batch_sizes=None, precisions=None, pr
                          batch_sizes=batch_sizes, precisions=_csv(precisions), precision_mode=precision_mode,
                          scopes=_csv(scopes), compile=compile, channels_last=channels_last,
                          cuda_graphs=False if no_cuda_graphs else None, peers=peers, rounds=rounds,
-                         iters=iters, warmup=warmup, threads=threads, backends=tuple(_csv(backends) or ("eager",)), results=results)
+                         iters=iters, warmup=warmup, threads=threads, backends=tuple(_csv(backends) or ("eager",)), results=results,
+                         keep_freed_memory=keep_freed_memory)
     failed = [r for r in records if r.status == "failed"]
     if failed:
         first = failed[0]

@@ -28,7 +28,7 @@ from bench.grids import Grid
 from bench.intervals import run_ratios
 from bench.records import TimingRecord, jsonable, subject_backbones, timing_teachers, write
 from bench.timing_measure import (PRECISION_MODES, PRECISIONS, Cell, Protocol, allocator, gpu_activity, is_oom,
-                                  latency_stats, runs_in, time_cell)
+                                  keep_freed_memory, latency_stats, runs_in, time_cell)
 from bench.timing_subjects import E2E_MAP_DTYPE, SCOPES, Subject, build_subjects, count_gmacs, params, slug
 from bench.variants import Variant, create_variant
 
@@ -57,6 +57,7 @@ class TimingPlan:
     precision_mode: str = "cast"
     backends: tuple[str, ...] = ("eager",)
     image_size: int = 256
+    keep_freed_memory: bool = True         # glibc malloc keeps freed memory (timing_measure.KEEP_FREED)
 
     def check(self) -> None:
         """Every option checked before anything is built: a bad one is an error, never a record."""
@@ -149,6 +150,8 @@ def run_timing(results: str | Path = "results", plan: TimingPlan | None = None, 
         torch.backends.cudnn.benchmark = True
     else:
         torch.set_num_threads(plan.threads or os.cpu_count() or 1)
+    if plan.keep_freed_memory:
+        keep_freed_memory()
     cells, protocol = plan.cells(cuda), plan.protocol(dev)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(results) / "timing" / f"{run_id}_{dev.type}"

@@ -1,4 +1,6 @@
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -114,6 +116,8 @@ def test_cpu_run_records_every_round_of_every_subject_per_cell(tmp_path):
         assert key in on_disk
     assert on_disk["teachers"][0] == {"backbone": "resnet18", "kind": "random"}
     assert on_disk["env"]["threads_set"] == 1 and on_disk["env"]["allocator"] and on_disk["env"]["git_revision"]
+    if sys.platform.startswith("linux") and not os.environ.get("LD_PRELOAD"):   # glibc: the run kept freed memory
+        assert on_disk["env"]["allocator"].startswith("glibc malloc, freed memory kept (mmap threshold 256 MiB")
     assert len(run_ratios(recs)) == 4 * 3   # reduced/stpm, reduced/floor, stpm/floor in 4 cells
 
 
