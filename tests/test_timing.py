@@ -71,6 +71,17 @@ def test_ratios_never_mix_runs():
     assert run_ratios([a, b]).empty
 
 
+def test_runs_table_counts_invalid_cases_and_names_the_allocator():
+    from bench.report import timing_runs
+    env = {"device": "cpu", "device_name": "cpu", "allocator": "glibc malloc (default)"}
+    recs = [_rec("reduced", [20, 40]), _rec("stpm", [10, 20]), _rec("stpm", [10, 20], bs=8)]
+    recs[2].status = "invalid"
+    for r in recs:
+        r.env = env
+    row = timing_runs(recs).loc["r1"]
+    assert row["cases"] == 2 and row["invalid cases"] == 1 and row["allocator"] == "glibc malloc (default)"
+
+
 def test_map_cost_is_map_minus_network_per_image():
     recs = [_rec("reduced", [100, 100], scope="network", bs=2), _rec("reduced", [50, 50], scope="map", bs=2)]
     row = map_cost(recs).iloc[0]

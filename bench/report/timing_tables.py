@@ -154,11 +154,16 @@ def timing_map_cost(timing: list[TimingRecord]) -> pd.DataFrame:
 
 
 def timing_runs(timing: list[TimingRecord]) -> pd.DataFrame:
-    """Every timing run: when, where, what; the single-pass ones labelled as such."""
+    """Every timing run: when, where, what, with which allocator; the single-pass ones labelled as
+    such, and how many of a run's cases were found wrong later (status `invalid`, in no table)."""
     df = timing_frame(timing)
     if df.empty:
         return df
     out = df.groupby("run_id").agg(device=("device", "first"), subjects=("name", lambda x: ", ".join(sorted(set(x)))),
                                    cases=("name", "size"), rounds=("rounds", "max")).reset_index()
     out["kind"] = np.where(out.rounds > 0, "interleaved rounds", "single pass (older; not compared across runs)")
+    allocator = {r.run_id: r.env.get("allocator") or "—" for r in timing}
+    invalid = pd.Series([r.run_id for r in timing if r.status == "invalid"], dtype=object).value_counts()
+    out["allocator"] = out.run_id.map(allocator)
+    out["invalid cases"] = out.run_id.map(invalid).fillna(0).astype(int)
     return out.set_index("run_id")
