@@ -5,7 +5,7 @@ without autograd: for ResNet's stem pool (3x3, stride 2, padding 1) at 1 x 64 x 
 on 2 cores, where the same maximum taken as element-wise maxima of strided slices (rows, then
 columns) takes 0.21 ms; for the 2x2 pool of Eq. 1 at 1 x 64 x 64^2, 0.52 ms against 0.03 ms. Every
 KD detector here runs the stem pool twice per image (teacher and student), so the kernel was a
-quarter of the reduced student's inference time. The slices give the same values (a maximum is
+fifth of the reduced detector's time at batch 1 (profiled). The slices give the same values (a maximum is
 exact; NaN propagates as in max_pool2d), so only the speed changes.
 
 Only where it applies: CPU, NCHW-contiguous, no autograd (the index kernel's gradient goes to one
