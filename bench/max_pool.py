@@ -16,34 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-
-def _pair(v) -> tuple[int, int]:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-
-class MaxPool2d(nn.MaxPool2d):
-    @classmethod
-    def like(cls, pool: nn.MaxPool2d) -> nn.Module:
-        """POOL as this class, same arguments; a module of another kind (anti-aliased pools) as it is."""
-        if type(pool) is not nn.MaxPool2d:
-            return pool
-        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.return_indices, pool.ceil_mode)
-
-    def _shape(self) -> tuple | None:
-        if self.return_indices or self.ceil_mode or _pair(self.dilation) != (1, 1):
-            return None
-        return _pair(self.kernel_size), _pair(self.stride), _pair(self.padding)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = self._shape()
-        if (not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-                and not torch.onnx.is_in_onnx_export()   # (before any shape test: a traced one would warn)
-                and shape in (((3, 3), (2, 2), (1, 1)), ((2, 2), (2, 2), (0, 0)))
-                and x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous()
-                and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0 and x.shape[-1] > 2 and x.shape[-2] > 2):
-            return _max_3x3s2(x) if shape[0] == (3, 3) else _max_2x2s2(x)
-        return super().forward(x)
+from torch.nn.modules.utils import _pair
 
 
 def _max_2x2s2(x: torch.Tensor) -> torch.Tensor:
@@ -58,3 +31,31 @@ def _max_3x3s2(x: torch.Tensor) -> torch.Tensor:
     out = torch.maximum(rows[..., 0::2], rows[..., 1::2])
     torch.maximum(out[..., 1:], rows[..., 1:-1:2], out=out[..., 1:])
     return out
+
+
+# (kernel, stride, padding) -> the same pool as slice maxima
+_SLICED = {((3, 3), (2, 2), (1, 1)): _max_3x3s2, ((2, 2), (2, 2), (0, 0)): _max_2x2s2}
+
+
+class MaxPool2d(nn.MaxPool2d):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        plain = not (self.return_indices or self.ceil_mode) and tuple(_pair(self.dilation)) == (1, 1)
+        shape = tuple(tuple(_pair(v)) for v in (self.kernel_size, self.stride, self.padding))
+        self._sliced = _SLICED.get(shape) if plain else None
+
+    @classmethod
+    def like(cls, pool: nn.MaxPool2d) -> nn.Module:
+        """POOL as this class, same arguments; a module of another kind (anti-aliased pools) as it is."""
+        if type(pool) is not nn.MaxPool2d:
+            return pool
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.return_indices, pool.ceil_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self._sliced is not None and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+                and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export()
+                # (shapes tested last: a traced shape test would warn)
+                and x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous()
+                and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0 and x.shape[-1] > 2 and x.shape[-2] > 2):
+            return self._sliced(x)
+        return super().forward(x)

@@ -246,20 +246,14 @@ def _cell_order(raw: dict) -> tuple:
 def flag_leaked_channels_last(raws: list[dict]) -> list[dict]:
     """RAWS (timing records as read) with every record of schema < 4 that a channels_last leak made
     wrong set to status `invalid` (named in its error): kept and readable, entering no table."""
+    old = [r for r in raws if r.get("schema_version", 1) < 4 and r.get("backend", "eager") == "eager"]
     first_leak: dict[str, tuple] = {}
-    for r in raws:
-        if (r.get("schema_version", 1) < 4 and r.get("channels_last") and r.get("backend", "eager") == "eager"
-                and (r.get("precision") == "fp32" or r.get("precision_mode") == "autocast")):
-            key = _cell_order(r)
-            first_leak[r["run_id"]] = min(key, first_leak.get(r["run_id"], key))
-    out = []
-    for r in raws:
-        leak = first_leak.get(r.get("run_id"))
-        if (leak is not None and r.get("schema_version", 1) < 4 and not r.get("channels_last")
-                and r.get("backend", "eager") == "eager" and r.get("status") == "ok" and _cell_order(r) > leak):
-            r = {**r, "status": "invalid", "error": LEAKED_CHANNELS_LAST}
-        out.append(r)
-    return out
+    for r in old:
+        if r.get("channels_last") and (r.get("precision") == "fp32" or r.get("precision_mode") == "autocast"):
+            first_leak[r["run_id"]] = min(_cell_order(r), first_leak.get(r["run_id"], _cell_order(r)))
+    leaked = {id(r) for r in old if r["run_id"] in first_leak and not r.get("channels_last")
+              and r.get("status") == "ok" and _cell_order(r) > first_leak[r["run_id"]]}
+    return [{**r, "status": "invalid", "error": LEAKED_CHANNELS_LAST} if id(r) in leaked else r for r in raws]
 
 
 def read_runs(folder: str | Path) -> list[RunRecord]:

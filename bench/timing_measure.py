@@ -115,9 +115,9 @@ def gpu_activity(device: torch.device) -> dict | None:
 
 # glibc returns every freed block above its mmap threshold (128 KiB, rising to at most 32 MiB) to
 # the kernel and trims its heap, so each large tensor of a CPU forward (the reduced student's stem
-# features: 4 MiB an image) comes back as fresh pages, faulted in one by one. On the 2-core CPU that
-# took the reduced detector at batch 8 from 119 to 200 ms and STPM from 161 to 236-290 ms, with a
-# spread between processes larger than any difference being measured. A deployment keeps freed memory
+# features: 4 MiB an image) comes back as fresh pages, faulted in one by one. On the 2-core CPU
+# (scope map, batch 8, five runs each) that put the reduced detector at 203 ms against 118 ms with
+# freed memory kept, and its runs spread over 159-213 ms against 116-128. A deployment keeps freed memory
 # (PyTorch's CPU tuning guide: jemalloc or tcmalloc); the timing process does so with glibc's own knobs.
 KEEP_FREED = {"mmap_threshold": 256 << 20, "trim_threshold": 1 << 30}
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3

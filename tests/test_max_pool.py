@@ -61,7 +61,7 @@ def test_traced_export_keeps_a_max_pool_op():
 
 
 @pytest.mark.parametrize("preset", ["reduced", "stpm", "mixed"])
-def test_every_max_pool_of_a_detector_takes_the_fast_path(preset):
+def test_every_max_pool_of_a_detector_is_the_sliced_one(preset):
     det = build_detector(create_variant(preset, teacher_init="random", teacher2_init="random"))
     pools = [m for m in det.modules() if isinstance(m, torch.nn.MaxPool2d)]
     assert pools and all(type(m) is MaxPool2d for m in pools)
